@@ -1,0 +1,107 @@
+"""Checkpoints: every array in one .npz file, plus a JSON header. No pickle.
+
+A checkpoint holds the model's parameters, their EMA, the optimizer state,
+the step, the configs and the tokenizer's vocabulary — everything needed to
+sample, or to resume training exactly where it stopped. `np.load` with
+`allow_pickle=False` reads it without executing anything from the file.
+
+Writes are atomic: the file is written under a temporary name in the same
+folder and renamed over the old one only once complete, so a crash never
+leaves a half-written checkpoint behind.
+"""
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+def atomic_write(path, write) -> Path:
+    """Call write(file_object) on a temporary file, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _flat_arrays(prefix: str, state) -> dict[str, np.ndarray]:
+    return {
+        prefix + "/" + "/".join(map(str, path)): np.asarray(variable.get_value())
+        for path, variable in nnx.to_flat_state(state)
+    }
+
+
+def save_checkpoint(path, header: dict, **modules) -> Path:
+    """Save the state of each named module (model, ema, optimizer...) and a JSON header."""
+    arrays = {"header": np.array(json.dumps({"format_version": FORMAT_VERSION, **header}))}
+    for name, module in modules.items():
+        arrays.update(_flat_arrays(name, nnx.state(module)))
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class Checkpoint:
+    """An opened checkpoint: the header (a dict) and named arrays, read lazily."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(
+                f"no checkpoint at {self.path}; train one first with `minidiff train --out DIR` "
+                "and pass DIR/checkpoint.npz"
+            )
+        try:
+            self._arrays = np.load(self.path, allow_pickle=False)
+            self.header = json.loads(str(self._arrays["header"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+            raise CheckpointError(
+                f"{self.path} is not a readable minidiff checkpoint ({type(error).__name__}: {error}); "
+                "it may be truncated or not a checkpoint at all"
+            ) from error
+        if self.header.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{self.path} has checkpoint format {self.header.get('format_version')}, "
+                f"this minidiff reads format {FORMAT_VERSION}"
+            )
+
+    def has(self, name: str) -> bool:
+        return any(k.startswith(name + "/") for k in self._arrays.files)
+
+    def restore(self, name: str, module) -> None:
+        """Load the arrays saved under `name` into `module` (in place), checking every shape."""
+        state = nnx.state(module)
+        flat = nnx.to_flat_state(state)
+        for path, variable in flat:
+            key = name + "/" + "/".join(map(str, path))
+            if key not in self._arrays.files:
+                raise CheckpointError(f"{self.path} has no array {key!r}: it was saved from a different model")
+            try:
+                value = self._arrays[key]
+            except (OSError, ValueError, zipfile.BadZipFile) as error:
+                raise CheckpointError(f"{self.path}: array {key!r} is corrupt ({error})") from error
+            expected = variable.get_value()
+            if value.shape != expected.shape:
+                raise CheckpointError(
+                    f"{self.path}: {key} has shape {value.shape}, the model expects {expected.shape}"
+                )
+            variable.set_value(jax.numpy.asarray(value, dtype=expected.dtype))
+        nnx.update(module, nnx.from_flat_state(flat))

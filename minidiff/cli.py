@@ -1,0 +1,262 @@
+"""The `minidiff` command: train, sample, demo, adherence.
+
+    minidiff demo                                   # train on the embedded data, then draw captions
+    minidiff train --out runs/flowers --steps 2000
+    minidiff sample --checkpoint runs/flowers/checkpoint.npz --caption "a red flower with a yellow centre"
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+DEMO_CAPTIONS = (
+    "a red flower with a yellow centre",
+    "a white flower with a black centre",
+    "a blue flower with a yellow centre",  # never seen together in training
+    "a purple flower with a black centre",  # never seen together in training
+    "a yellow bird with blue wings",
+    "a white bird with red wings",
+    "a red bird with black wings",  # never seen together in training
+    "a blue bird with white wings",  # never seen together in training
+)
+
+
+def _load_sampling_model(checkpoint_path, use_ema: bool = True):
+    """(model, tokenizer, schedule) from a checkpoint, with EMA weights unless told otherwise."""
+    from minidiff.captions import Tokenizer
+    from minidiff.checkpoints import Checkpoint
+    from minidiff.corruption import make_schedule
+    from minidiff.model import ModelConfig, create_model
+
+    checkpoint = Checkpoint(checkpoint_path)
+    header = checkpoint.header
+    model = create_model(ModelConfig.from_dict(header["model_config"]))
+    checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
+    train_config = header["train_config"]
+    schedule = make_schedule(train_config["schedule"], train_config["num_timesteps"])
+    return model, Tokenizer.from_dict(header["tokenizer"]), schedule
+
+
+def generate_grid(model, tokenizer, schedule, captions, path, *, per_caption=6, sampler="ddim", steps=50,
+                  guidance=3.0, eta=0.0, seed=0, title=None):
+    """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
+    import numpy as np
+
+    from minidiff.plotting import captioned_grid, save_figure
+    from minidiff.sampling import sample
+
+    for caption in captions:
+        unknown = tokenizer.unknown_words(caption)
+        if unknown:
+            print(f"note: the model never saw the word(s) {', '.join(unknown)} in training; "
+                  f"they are read as 'unknown' in {caption!r}", file=sys.stderr)
+    ids = np.repeat(tokenizer.encode_batch(captions), per_caption, axis=0)
+    images = sample(model, schedule, ids, tokenizer.empty(1), seed, num_steps=steps, sampler=sampler,
+                    eta=eta, guidance_scale=guidance)
+    title = title or f"{sampler}, {steps} steps, guidance {guidance:g}"
+    save_figure(captioned_grid(np.asarray(images), captions, title=title), path)
+    return np.asarray(images)
+
+
+# --- Commands ----------------------------------------------------------------------
+
+
+def _train_config(args):
+    from minidiff.training import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+    )
+
+
+def run_training(args, captions_to_show=DEMO_CAPTIONS):
+    """Train as `minidiff train` does; returns the final TrainState."""
+    from minidiff.captions import Tokenizer
+    from minidiff.datasets import load_dataset
+    from minidiff.model import count_parameters, preset
+    from minidiff.plotting import save_loss_curve
+    from minidiff.training import new_train_state, resume_train_state, train
+
+    out = Path(args.out)
+    config = _train_config(args)
+    checkpoint = out / "checkpoint.npz"
+    if args.resume:
+        state = resume_train_state(checkpoint, config)
+        print(f"resuming {checkpoint} at step {state.step} of {config.steps}")
+        size = state.model.config.unet.image_size
+    else:
+        size = args.image_size
+    t0 = time.perf_counter()
+    dataset = load_dataset(args.dataset, "train", image_size=size, num_images=args.num_images, seed=args.data_seed)
+    print(f"dataset {dataset.name}: {len(dataset)} images of {size}x{size} ({time.perf_counter() - t0:.1f} s)")
+    if not args.resume:
+        tokenizer = Tokenizer.from_captions(dataset.all_captions())
+        model_config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length)
+        model_config = dataclasses.replace(model_config, prediction=args.prediction)
+        state = new_train_state(model_config, tokenizer, config)
+    print(f"model: preset {args.preset if not args.resume else '(from checkpoint)'}, "
+          f"{count_parameters(state.model) / 1e6:.2f} M parameters, predicts {state.model.config.prediction}")
+
+    from minidiff.corruption import make_schedule
+
+    schedule = make_schedule(config.schedule, config.num_timesteps)
+    captions = [c for c in captions_to_show if not state.tokenizer.unknown_words(c)] or [dataset.captions[0][0]]
+
+    def report(state):
+        grid = out / f"samples_step{state.step:06d}.png"
+        generate_grid(state.ema, state.tokenizer, schedule, captions, grid, per_caption=4, steps=25,
+                      title=f"step {state.step}: ddim, 25 steps, guidance 3")
+        save_loss_curve(state.losses, out / "loss.png")
+
+    out.mkdir(parents=True, exist_ok=True)
+    return train(state, dataset, out_dir=out, on_report=report if args.sample_every else None, progress=not args.quiet)
+
+
+def cmd_train(args):
+    from minidiff.plotting import save_loss_curve
+
+    state = run_training(args)
+    save_loss_curve(state.losses, Path(args.out) / "loss.png")
+    print(f"wrote {Path(args.out) / 'checkpoint.npz'} and {Path(args.out) / 'loss.png'}")
+
+
+def cmd_sample(args):
+    model, tokenizer, schedule = _load_sampling_model(args.checkpoint, use_ema=not args.no_ema)
+    for caption in args.caption:
+        tokenizer.encode(caption)  # fail early, with a clear message, on an empty or too long caption
+    generate_grid(model, tokenizer, schedule, args.caption, args.out, per_caption=args.per_caption,
+                  sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed)
+    print(f"wrote {args.out}")
+
+
+def cmd_demo(args):
+    start = time.perf_counter()
+    state = run_training(args)
+    from minidiff.corruption import make_schedule
+    from minidiff.plotting import save_loss_curve
+
+    out = Path(args.out)
+    save_loss_curve(state.losses, out / "loss.png")
+    schedule = make_schedule(state.config.schedule, state.config.num_timesteps)
+    grid = out / "demo.png"
+    generate_grid(state.ema, state.tokenizer, schedule, DEMO_CAPTIONS, grid, per_caption=6, guidance=args.guidance)
+    print(f"\nwrote {grid.resolve()}\n  (and {out / 'loss.png'}, {out / 'checkpoint.npz'})")
+    print(f"demo took {time.perf_counter() - start:.0f} s; draw more with\n"
+          f"  minidiff sample --checkpoint {out / 'checkpoint.npz'} --caption \"a pink flower with a brown centre\"")
+
+
+def cmd_adherence(args):
+    from minidiff.adherence import measure_adherence
+
+    model, tokenizer, schedule = _load_sampling_model(args.checkpoint)
+    results = {}
+    for split in ("test", "held_out"):
+        for guidance in args.guidance:
+            scores = measure_adherence(model, tokenizer, schedule, split=split, num_images=args.num_images,
+                                       guidance_scale=guidance, num_steps=args.steps, seed=args.seed)
+            results[f"{split}/guidance={guidance:g}"] = scores
+            print(f"{split:9s} guidance {guidance:<4g} " + "  ".join(f"{k} {v:.0%}" for k, v in scores.items()))
+    if args.out:
+        from minidiff.checkpoints import atomic_write
+
+        atomic_write(args.out, lambda f: f.write(json.dumps(results, indent=2).encode()))
+        print(f"wrote {args.out}")
+
+
+# --- Arguments ---------------------------------------------------------------------
+
+
+def _add_training_options(p, steps, out, sample_every):
+    from minidiff.datasets import DATASETS
+    from minidiff.model import PRESETS
+
+    p.add_argument("--dataset", default="toy", choices=sorted(DATASETS), help="training data (default: %(default)s, the embedded flowers and birds)")
+    p.add_argument("--num-images", type=int, default=8000, help="images to generate for the embedded dataset (default: %(default)s)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the embedded dataset (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--preset", default="small", choices=PRESETS, help="model size: tiny (tests), small (CPU), base (GPU) (default: %(default)s)")
+    p.add_argument("--prediction", default="v", choices=("eps", "x0", "v"), help="what the network predicts (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=steps, help="optimisation steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and noise (default: %(default)s)")
+    p.add_argument("--out", default=out, help="output folder for checkpoint, loss curve and samples (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out (to --steps)")
+    p.add_argument("--sample-every", type=int, default=sample_every, help="steps between sample grids, 0 = none during training (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from minidiff.sampling import SAMPLERS
+
+    parser = argparse.ArgumentParser(prog="minidiff", description="Train and sample small text-to-image diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train on the embedded dataset, then draw images for several captions",
+                               description="Train the small model on the embedded flowers and birds (about 8 minutes "
+                               "on a 2-core CPU), then write a grid of images generated from captions, some of them "
+                               "attribute pairs never seen in training.")
+    _add_training_options(demo, steps=450, out="runs/demo", sample_every=0)
+    demo.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: %(default)s)")
+    demo.set_defaults(run=cmd_demo)
+
+    train = commands.add_parser("train", help="train a caption-conditioned model", description="Train a model; "
+                                "writes OUT/checkpoint.npz, OUT/loss.png and sample grids.")
+    _add_training_options(train, steps=2000, out="runs/train", sample_every=500)
+    train.set_defaults(run=cmd_train)
+
+    smp = commands.add_parser("sample", help="generate images from captions with a trained model",
+                              description="Generate a PNG grid: one row of images per caption.")
+    smp.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
+    smp.add_argument("--caption", action="append", required=True, help="a caption; repeat for several rows")
+    smp.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="update rule (default: %(default)s)")
+    smp.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
+    smp.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance: 1 = none, 0 = ignore the caption (default: %(default)s)")
+    smp.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 = deterministic, 1 = like DDPM (default: %(default)s)")
+    smp.add_argument("--per-caption", type=int, default=6, help="images per caption (default: %(default)s)")
+    smp.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their moving average")
+    smp.add_argument("--out", default="samples.png", help="PNG to write (default: %(default)s)")
+    smp.set_defaults(run=cmd_sample)
+
+    adh = commands.add_parser("adherence", help="measure how often samples show what their captions ask (embedded data)",
+                              description="Generate images for captions of the embedded test and held-out splits and "
+                              "measure, per attribute, the fraction whose drawn colours match the caption.")
+    adh.add_argument("--checkpoint", required=True, help="a checkpoint trained on the embedded dataset")
+    adh.add_argument("--num-images", type=int, default=128, help="images per split and guidance scale (default: %(default)s)")
+    adh.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0], help="guidance scales (default: 1 3)")
+    adh.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    adh.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    adh.add_argument("--out", help="also write the scores to this JSON file")
+    adh.set_defaults(run=cmd_adherence)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from minidiff.compilation import enable_compilation_cache
+
+    enable_compilation_cache()
+    from minidiff.captions import CaptionError
+    from minidiff.checkpoints import CheckpointError
+    from minidiff.training import TrainingDiverged
+
+    try:
+        args.run(args)
+    except (CaptionError, CheckpointError, TrainingDiverged, ValueError) as error:
+        print(f"minidiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nminidiff {args.command}: interrupted; the last checkpoint written is intact "
+              "(continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

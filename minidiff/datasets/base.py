@@ -1,0 +1,108 @@
+"""What every dataset is: images as uint8 arrays, captions, optional labels.
+
+A dataset is decoded once into memory (N, H, W, 3) uint8; a training batch is
+drawn from it by index, so nothing is decoded or re-tokenised per step.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionedImages:
+    """N images with one or more captions each, and optional attribute labels.
+
+    images:      (N, H, W, 3) uint8.
+    captions:    N tuples of strings; training draws one of them per use, as
+                 with the ten captions per image of Reed et al. 2016.
+    labels:      attribute name -> (N,) int array, indexing label_names[name];
+                 -1 where an attribute does not apply to an image.
+    label_names: attribute name -> the names of its values.
+    """
+
+    name: str
+    images: np.ndarray
+    captions: tuple[tuple[str, ...], ...]
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    label_names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        check_images(self.images, what=f"dataset {self.name!r}")
+        if len(self.captions) != len(self.images):
+            raise ValueError(
+                f"dataset {self.name!r} has {len(self.images)} images but "
+                f"{len(self.captions)} caption lists; give one list per image"
+            )
+        for i, options in enumerate(self.captions):
+            if not options or not all(c.strip() for c in options):
+                raise ValueError(f"dataset {self.name!r}: image {i} has an empty caption")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[1]
+
+    def all_captions(self) -> list[str]:
+        return [c for options in self.captions for c in options]
+
+    def subset(self, indices) -> "CaptionedImages":
+        indices = np.asarray(indices)
+        return dataclasses.replace(
+            self,
+            images=self.images[indices],
+            captions=tuple(self.captions[i] for i in indices),
+            labels={k: v[indices] for k, v in self.labels.items()},
+        )
+
+
+def check_images(images, what: str = "images") -> None:
+    """Raise a clear error unless `images` is an (N, H, W, 3) uint8 array of square images."""
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{what}: expected shape (N, H, W, 3) (RGB, channels last), got {images.shape}"
+        )
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"{what}: expected square images, got {images.shape[1]}x{images.shape[2]}")
+    if images.dtype != np.uint8:
+        raise ValueError(
+            f"{what}: expected uint8 pixels in [0, 255], got {images.dtype}; "
+            "convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1]"
+        )
+
+
+def to_model_range(images_uint8):
+    """uint8 [0, 255] -> float32 [-1, 1], the range the diffusion process assumes."""
+    return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+    """float [-1, 1] -> uint8 [0, 255] (clipping what a sampler overshoots)."""
+    images = np.asarray(images, np.float32)
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The image indices of training batch `step`: a pure function of (seed, step).
+
+    Every epoch is a fresh permutation of the dataset. Because a batch depends
+    on nothing but the seed and the step number, a resumed run sees exactly the
+    batches an uninterrupted run would have seen.
+    """
+    start = step * batch_size
+    indices = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), num_images)
+        order = np.random.default_rng([seed, epoch]).permutation(num_images)
+        indices.extend(order[offset : offset + batch_size - len(indices)])
+    return np.asarray(indices)
+
+
+def caption_choices(captions_per_image: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """Which of each image's captions batch `step` uses (one drawn per image per use)."""
+    rng = np.random.default_rng([seed, step, 1])
+    return (rng.random(len(captions_per_image)) * captions_per_image).astype(np.int64)

@@ -1,0 +1,225 @@
+"""Stage 2 — the denoiser: a U-Net that looks at a noisy image and says what to remove.
+
+The network (Ronneberger et al. 2015, as adapted for diffusion by Ho et al.
+2020, appendix B, and Dhariwal & Nichol 2021) takes
+  - x_t, the noisy image, (B, H, W, C),
+  - the noise level t in [0, 1], (B,),
+  - the caption as token embeddings (B, L, D), their mask (B, L) and a pooled
+    summary (B, D) (from `minidiff.captions.TextEncoder`),
+and predicts eps, x0 or v (see `minidiff.corruption.x0_and_eps`), shaped like x_t.
+
+Reading order, smallest piece first: the noise-level embedding, a residual
+block, an attention block (self-attention over image positions, then
+cross-attention from image positions to caption tokens), the down and up
+levels, and the whole U-Net.
+
+A "patch" stem folds each p x p patch of pixels into channels (space to
+depth), so the U-Net runs at (H/p, W/p) with p^2 C input channels — a 4x
+cheaper network at p = 2, which is what makes CPU training practical.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from minidiff.captions import MultiHeadAttention
+
+
+def noise_level_embedding(t, dim: int, max_period: float = 10_000.0):
+    """Sinusoidal features of the noise level (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020).
+
+    t in [0, 1] is scaled to [0, 1000] so the frequencies match the usual
+    integer-timestep embedding. (B,) -> (B, dim).
+    """
+    half = dim // 2
+    frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = 1000.0 * t[:, None].astype(jnp.float32) * frequencies[None]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def space_to_depth(x, p: int):
+    """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p patch becomes one position."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x, p: int):
+    """The inverse of `space_to_depth`."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, p, p, c // (p * p)).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, c // (p * p))
+
+
+def upsample_nearest(x):
+    """(B, H, W, C) -> (B, 2H, 2W, C) by repeating pixels (jnp.repeat has a much
+    cheaper gradient than jax.image.resize)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ResidualBlock(nnx.Module):
+    """GroupNorm -> SiLU -> conv, modulated by the conditioning, twice, plus a skip.
+
+    The conditioning vector (noise level + pooled caption) sets a per-channel
+    scale and shift after the second normalisation ("adaptive group norm",
+    Dhariwal & Nichol 2021, sec. 3). The last conv starts at zero, so each block
+    starts as the identity and a deep network trains stably.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, groups: int, *, rngs: nnx.Rngs):
+        self.norm1 = nnx.GroupNorm(in_channels, num_groups=min(groups, in_channels), rngs=rngs)
+        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), rngs=rngs)
+        self.cond = nnx.Linear(cond_dim, 2 * out_channels, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(out_channels, num_groups=min(groups, out_channels), rngs=rngs)
+        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), kernel_init=nnx.initializers.zeros, kernel_metadata={"zero_init": True}, rngs=rngs)
+        self.skip = nnx.Conv(in_channels, out_channels, (1, 1), rngs=rngs) if in_channels != out_channels else None
+
+    def __call__(self, x, cond):  # x: (B, H, W, Cin), cond: (B, cond_dim)
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        scale, shift = jnp.split(self.cond(jax.nn.silu(cond))[:, None, None, :], 2, axis=-1)
+        h = self.norm2(h) * (1.0 + scale) + shift
+        h = self.conv2(jax.nn.silu(h))
+        return h + (self.skip(x) if self.skip is not None else x)  # (B, H, W, Cout)
+
+
+class AttentionBlock(nnx.Module):
+    """Self-attention over image positions, then cross-attention to the caption.
+
+    Self-attention lets distant parts of the image agree (both wings the same
+    colour); cross-attention is where each image position looks up the words
+    that concern it (Rombach et al. 2022, sec. 3.3).
+    """
+
+    def __init__(self, channels: int, caption_dim: int, heads: int, groups: int, *, rngs: nnx.Rngs):
+        self.norm_self = nnx.GroupNorm(channels, num_groups=min(groups, channels), rngs=rngs)
+        self.self_attention = MultiHeadAttention(channels, channels, heads, rngs=rngs)
+        self.norm_cross = nnx.LayerNorm(channels, rngs=rngs)
+        self.cross_attention = MultiHeadAttention(channels, caption_dim, heads, rngs=rngs)
+
+    def __call__(self, x, caption_tokens, caption_mask):
+        b, h, w, c = x.shape
+        tokens = self.norm_self(x).reshape(b, h * w, c)  # (B, HW, C)
+        x = x + self.self_attention(tokens, tokens).reshape(b, h, w, c)
+        tokens = self.norm_cross(x.reshape(b, h * w, c))
+        return x + self.cross_attention(tokens, caption_tokens, caption_mask).reshape(b, h, w, c)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    image_size: int = 32
+    channels: int = 3  # image channels (RGB)
+    patch_size: int = 2  # space-to-depth stem; 1 = plain pixels
+    widths: tuple[int, ...] = (64, 128, 128)  # channels at each resolution level
+    blocks_per_level: int = 1
+    attention_resolutions: tuple[int, ...] = (8, 4)  # feature-map sizes with attention
+    heads: int = 4
+    groups: int = 16  # GroupNorm groups
+    cond_dim: int = 256  # noise-level (+ pooled caption) embedding
+    caption_dim: int = 128  # width of the caption token embeddings
+
+    def __post_init__(self):
+        down = self.patch_size * 2 ** (len(self.widths) - 1)
+        if self.image_size % down:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by patch_size * 2^(levels - 1) = {down}"
+            )
+
+
+class Level(nnx.Module):
+    """One resolution of the U-Net: residual blocks, each optionally followed by attention."""
+
+    def __init__(self, in_channels: list[int], out_channels: int, attend: bool, config: UNetConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.resblocks = nnx.List(
+            [ResidualBlock(cin, out_channels, c.cond_dim, c.groups, rngs=rngs) for cin in in_channels]
+        )
+        self.attentions = nnx.List(
+            [AttentionBlock(out_channels, c.caption_dim, c.heads, c.groups, rngs=rngs) for _ in in_channels]
+            if attend
+            else []
+        )
+
+    def __call__(self, h, cond, caption, take_skips=None, keep_skips=None):
+        """Run the blocks. On the up path each block first concatenates an
+        activation popped from `take_skips`; on the down path each block's
+        output is appended to `keep_skips`."""
+        for i, block in enumerate(self.resblocks):
+            if take_skips is not None:
+                h = jnp.concatenate([h, take_skips.pop()], axis=-1)
+            h = block(h, cond)
+            if self.attentions:
+                h = self.attentions[i](h, *caption)
+            if keep_skips is not None:
+                keep_skips.append(h)
+        return h
+
+
+class UNet(nnx.Module):
+    """The U-Net: a down path that keeps its activations, a middle, an up path that
+    concatenates them back in (the skip connections that give the "U")."""
+
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        p = c.patch_size
+        self.cond_in = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
+        self.cond_out = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
+        self.caption_to_cond = nnx.Linear(c.caption_dim, c.cond_dim, rngs=rngs)
+        self.stem = nnx.Conv(p * p * c.channels, c.widths[0], (3, 3), rngs=rngs)
+
+        # The down path: remember the width of every activation kept for a skip.
+        skip_widths, width, size = [c.widths[0]], c.widths[0], c.image_size // p
+        down, downsamplers = [], []
+        for i, out in enumerate(c.widths):
+            ins = [width] + [out] * (c.blocks_per_level - 1)
+            down.append(Level(ins, out, size in c.attention_resolutions, c, rngs=rngs))
+            width = out
+            skip_widths += [out] * c.blocks_per_level
+            if i < len(c.widths) - 1:
+                downsamplers.append(nnx.Conv(width, width, (3, 3), strides=(2, 2), rngs=rngs))
+                skip_widths.append(width)
+                size //= 2
+        self.down, self.downsamplers = nnx.List(down), nnx.List(downsamplers)
+
+        self.middle = Level([width, width], width, True, c, rngs=rngs)
+
+        # The up path: each block eats one skip, in reverse order.
+        up, upsamplers = [], []
+        for i, out in reversed(list(enumerate(c.widths))):
+            ins = []
+            for _ in range(c.blocks_per_level + 1):
+                ins.append(width + skip_widths.pop())
+                width = out
+            up.append(Level(ins, out, size in c.attention_resolutions, c, rngs=rngs))
+            if i > 0:
+                upsamplers.append(nnx.Conv(width, width, (3, 3), rngs=rngs))
+                size *= 2
+        self.up, self.upsamplers = nnx.List(up), nnx.List(upsamplers)
+
+        self.out_norm = nnx.GroupNorm(width, num_groups=min(c.groups, width), rngs=rngs)
+        self.out = nnx.Conv(width, p * p * c.channels, (3, 3), kernel_init=nnx.initializers.zeros, kernel_metadata={"zero_init": True}, rngs=rngs)
+
+    def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
+        c = self.config
+        cond = noise_level_embedding(t, c.cond_dim)
+        cond = self.cond_out(jax.nn.silu(self.cond_in(cond))) + self.caption_to_cond(caption_pooled)  # (B, cond_dim)
+        caption = (caption_tokens, caption_mask)
+
+        h = self.stem(space_to_depth(xt, c.patch_size))  # (B, H/p, W/p, widths[0])
+        skips = [h]
+        for i, level in enumerate(self.down):
+            h = level(h, cond, caption, keep_skips=skips)
+            if i < len(self.downsamplers):
+                h = self.downsamplers[i](h)  # halve the resolution
+                skips.append(h)
+
+        h = self.middle(h, cond, caption)
+
+        for i, level in enumerate(self.up):
+            h = level(h, cond, caption, take_skips=skips)
+            if i < len(self.upsamplers):
+                h = self.upsamplers[i](upsample_nearest(h))  # double the resolution
+        h = self.out(jax.nn.silu(self.out_norm(h)))
+        return depth_to_space(h, c.patch_size)  # (B, H, W, C)

@@ -1,0 +1,254 @@
+"""Training: the loss, one compiled step, and the loop around it.
+
+One step (Ho et al. 2020, Algorithm 1, with a caption):
+  pick images x0 and their captions; blank ~10 % of the captions (caption
+  dropout, so the same network also learns the unconditional model that
+  classifier-free guidance needs); pick a step t and noise eps; form
+  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps; regress the network
+  output on eps (or x0, or v) with a squared error.
+
+The loop adds what a real run needs: AdamW with warm-up, an exponential moving
+average (EMA) of the weights for sampling, a progress bar, a loss curve and
+sample grids saved as PNG, atomic checkpoints, exact resume, and a clear stop
+on a NaN loss.
+"""
+
+import dataclasses
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from minidiff.captions import Tokenizer
+from minidiff.checkpoints import Checkpoint, CheckpointError, save_checkpoint
+from minidiff.corruption import NoiseSchedule, continuous_time, make_schedule, prediction_target, q_sample, snr
+from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices
+from minidiff.model import ModelConfig, TextToImage, create_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    schedule: str = "cosine"
+    num_timesteps: int = 1000
+    loss_weighting: str = "min_snr"  # "min_snr" or "none"
+    min_snr_gamma: float = 5.0
+    seed: int = 0
+    log_every: int = 10  # steps between progress-bar updates (each one waits for the device)
+    sample_every: int = 0  # steps between sample grids; 0 = only at the end
+    checkpoint_every: int = 500
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# --- The loss ----------------------------------------------------------------------
+
+
+def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
+    """Per-example weight of the squared error.
+
+    "min_snr" (Hang et al. 2023, eq. 9 and table 1): weigh each noise level as
+    an x0-prediction loss clipped at SNR = gamma, so the nearly clean steps,
+    whose x0 error is tiny, do not dominate training. For a network predicting
+    eps that is min(SNR, gamma) / SNR; for v, min(SNR, gamma) / (SNR + 1).
+    """
+    if weighting == "none":
+        return jnp.ones_like(snr_t)
+    if weighting != "min_snr":
+        raise ValueError(f"unknown loss weighting {weighting!r}: choose 'min_snr' or 'none'")
+    clipped = jnp.minimum(snr_t, gamma)
+    return {"eps": clipped / snr_t, "x0": clipped, "v": clipped / (snr_t + 1.0)}[prediction]
+
+
+def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, key, config: TrainConfig):
+    """The training loss on one batch: x0 (B, H, W, C) in [-1, 1], token_ids (B, L)."""
+    t_key, eps_key = jax.random.split(key)
+    batch = x0.shape[0]
+    t = jax.random.randint(t_key, (batch,), 0, schedule.num_steps)
+    alpha_bar_t = schedule.alpha_bar[t]
+    eps = jax.random.normal(eps_key, x0.shape)
+    xt = q_sample(x0, alpha_bar_t, eps)
+    prediction = model.config.prediction
+    output = model(xt, continuous_time(t, schedule.num_steps), token_ids)
+    target = prediction_target(prediction, x0, eps, alpha_bar_t)
+    per_example = jnp.mean((output - target) ** 2, axis=(1, 2, 3))
+    weight = loss_weight(config.loss_weighting, prediction, snr(alpha_bar_t), config.min_snr_gamma)
+    return jnp.mean(weight * per_example)
+
+
+def drop_captions(key, token_ids, empty_ids, probability: float):
+    """Replace each caption by the empty caption with the given probability."""
+    drop = jax.random.uniform(key, (token_ids.shape[0], 1)) < probability
+    return jnp.where(drop, empty_ids[None, :], token_ids)
+
+
+@partial(nnx.jit, static_argnames=("config",))
+def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config: TrainConfig):
+    """One optimisation step; returns the loss. Updates model, optimizer and ema in place."""
+    x0 = images_uint8.astype(jnp.float32) / 127.5 - 1.0  # uint8 -> [-1, 1] on the device
+    drop_key, loss_key = jax.random.split(key)
+    token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
+    loss, grads = nnx.value_and_grad(diffusion_loss)(model, schedule, x0, token_ids, loss_key, config)
+    optimizer.update(model, grads)
+    # EMA with a warm-up: early on, average over fewer steps (as in Karras et al. 2022's EDM code).
+    step = optimizer.step[...]
+    decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
+    ema_params = nnx.state(ema, nnx.Param)
+    new_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_params, nnx.state(model, nnx.Param))
+    nnx.update(ema, new_params)
+    return loss
+
+
+def make_optimizer(model: TextToImage, config: TrainConfig) -> nnx.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019) with linear warm-up, cosine decay and gradient clipping."""
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
+        end_value=0.1 * config.learning_rate,
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(learning_rate, weight_decay=config.weight_decay),
+    )
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+# --- The loop ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a run carries from step to step, and what a checkpoint holds."""
+
+    model: TextToImage
+    ema: TextToImage
+    optimizer: nnx.Optimizer
+    tokenizer: Tokenizer
+    config: TrainConfig
+    step: int = 0
+    losses: list = dataclasses.field(default_factory=list)  # (step, loss) pairs
+
+    def save(self, path) -> Path:
+        header = {
+            "step": self.step,
+            "model_config": self.model.config.to_dict(),
+            "train_config": dataclasses.asdict(self.config),
+            "tokenizer": self.tokenizer.to_dict(),
+            "losses": self.losses,
+        }
+        return save_checkpoint(path, header, model=self.model, ema=self.ema, optimizer=self.optimizer)
+
+
+def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: TrainConfig) -> TrainState:
+    model = create_model(model_config, seed=config.seed)
+    ema = nnx.clone(model)
+    return TrainState(model, ema, make_optimizer(model, config), tokenizer, config)
+
+
+def resume_train_state(path, config: TrainConfig | None = None) -> TrainState:
+    """Reopen a run from its checkpoint; `config` may extend `steps`, nothing else."""
+    checkpoint = Checkpoint(path)
+    header = checkpoint.header
+    saved = TrainConfig(**header["train_config"])
+    if config is not None and dataclasses.replace(config, steps=saved.steps) != saved:
+        changed = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
+        raise CheckpointError(
+            f"cannot resume {path} with different settings ({', '.join(changed)}); "
+            "only the number of steps may change"
+        )
+    config = config or saved
+    state = new_train_state(ModelConfig.from_dict(header["model_config"]), Tokenizer.from_dict(header["tokenizer"]), config)
+    for name in ("model", "ema", "optimizer"):
+        checkpoint.restore(name, getattr(state, name))
+    state.step = int(header["step"])
+    state.losses = [tuple(x) for x in header["losses"]]
+    return state
+
+
+def tokenize_dataset(dataset: CaptionedImages, tokenizer: Tokenizer):
+    """All captions as ids once, (N, max captions per image, L), and each image's caption count."""
+    counts = np.array([len(c) for c in dataset.captions])
+    ids = np.zeros((len(dataset), counts.max(), tokenizer.max_length), np.int32)
+    for i, options in enumerate(dataset.captions):
+        ids[i, : len(options)] = tokenizer.encode_batch(options, truncate=True)
+    return ids, counts
+
+
+def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=None, progress: bool = True) -> TrainState:
+    """Train until `state.config.steps`, from wherever `state` is.
+
+    With `out_dir`, writes out_dir/checkpoint.npz every checkpoint_every steps
+    and at the end. `on_report(state)` is called every sample_every steps and
+    at the end (the CLI saves sample grids and the loss curve there).
+    """
+    config = state.config
+    if dataset.image_size != state.model.config.unet.image_size:
+        raise ValueError(
+            f"dataset images are {dataset.image_size}px but the model was built for "
+            f"{state.model.config.unet.image_size}px"
+        )
+    schedule = make_schedule(config.schedule, config.num_timesteps)
+    ids, counts = tokenize_dataset(dataset, state.tokenizer)
+    empty_ids = jnp.asarray(state.tokenizer.empty(1)[0])
+    base_key = jax.random.key(config.seed)
+    checkpoint_path = Path(out_dir) / "checkpoint.npz" if out_dir is not None else None
+
+    pending = []  # (step, loss on the device), read back every log_every steps, not every step
+    bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="training", unit="step")
+    window_start, window_images = time.perf_counter(), 0
+    while state.step < config.steps:
+        step = state.step
+        index = batch_indices(len(dataset), config.batch_size, config.seed, step)
+        choice = caption_choices(counts[index], config.seed, step)
+        loss = train_step(
+            state.model, state.optimizer, state.ema, schedule,
+            jnp.asarray(dataset.images[index]), jnp.asarray(ids[index, choice]), empty_ids,
+            jax.random.fold_in(base_key, step), config,
+        )
+        state.step += 1
+        pending.append((state.step, loss))
+        window_images += config.batch_size
+        bar.update(1)
+
+        done = state.step == config.steps
+        save = checkpoint_path is not None and (done or _every(state.step, config.checkpoint_every))
+        report = on_report is not None and (done or _every(state.step, config.sample_every))
+        if len(pending) >= config.log_every or save or report or done:
+            # Check every loss before anything is saved, so a NaN never reaches a checkpoint.
+            values = [(s, float(v)) for s, v in pending]
+            pending.clear()
+            bad = [s for s, v in values if not np.isfinite(v)]
+            if bad:
+                bar.close()
+                raise TrainingDiverged(
+                    f"the loss became {values[-1][1]} at step {bad[0]}; lower the learning rate "
+                    f"(now {config.learning_rate}) or the gradient clip (now {config.grad_clip})"
+                )
+            state.losses.extend(values)
+            elapsed = time.perf_counter() - window_start
+            bar.set_postfix(loss=f"{np.mean([v for _, v in values]):.4f}", img_per_s=f"{window_images / elapsed:.0f}")
+            window_start, window_images = time.perf_counter(), 0
+        if save:
+            state.save(checkpoint_path)
+        if report:
+            on_report(state)
+    bar.close()
+    return state
+
+
+def _every(step: int, interval: int) -> bool:
+    return interval > 0 and step % interval == 0

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny dataset, tokenizer and model, and a persistent compilation cache."""
+
+from pathlib import Path
+
+import pytest
+
+from minidiff.compilation import enable_compilation_cache
+
+# Compiled programs are kept on disk between runs: a second test run skips most compilation.
+enable_compilation_cache(Path(__file__).resolve().parent.parent / ".jax_cache")
+
+from minidiff.captions import Tokenizer  # noqa: E402
+from minidiff.datasets import toy_dataset  # noqa: E402
+from minidiff.model import create_model, preset  # noqa: E402
+from minidiff.training import TrainConfig  # noqa: E402
+
+# One training configuration for every test that trains, so the step compiles once.
+TINY_TRAIN = TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup_steps=2, log_every=1, checkpoint_every=3, sample_every=3)
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    return toy_dataset(num_images=64, image_size=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(dataset):
+    return Tokenizer.from_captions(dataset.all_captions(), max_length=24)
+
+
+@pytest.fixture(scope="session")
+def model_config(tokenizer):
+    return preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length)
+
+
+@pytest.fixture()
+def model(model_config):
+    return create_model(model_config, seed=0)

@@ -1,0 +1,21 @@
+import numpy as np
+
+from minidiff.adherence import adherence, judge
+from minidiff.datasets import toy_dataset
+
+
+def test_the_judge_reads_the_dataset_own_images():
+    for split in ("test", "held_out"):
+        d = toy_dataset(split=split, num_images=200, seed=11)
+        scores = adherence(d.images, d.labels, d.label_names)
+        assert set(scores) >= {"flowers/petal_colour", "flowers/centre_colour", "birds/body_colour", "birds/wing_colour", "birds/facing"}
+        assert min(scores.values()) >= 0.97, scores
+
+
+def test_the_judge_notices_wrong_images():
+    d = toy_dataset(("flowers",), num_images=200, seed=12)
+    shuffled = d.images[np.random.default_rng(0).permutation(len(d))]
+    scores = adherence(shuffled, d.labels, d.label_names)
+    assert scores["flowers/petal_colour"] < 0.4
+    blank = judge(np.full((32, 32, 3), 128, np.uint8), "birds")
+    assert blank["body_colour"] is None and blank["background"] == "gray"

@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minidiff.corruption import (
+    continuous_time, cosine_alpha_bar, cosine_schedule, linear_alpha_bar, linear_schedule, make_schedule,
+    prediction_target, q_sample, q_step, recolour_pixels, snr, x0_and_eps,
+)
+
+
+@pytest.mark.parametrize("make", [linear_schedule, cosine_schedule])
+def test_alpha_bar_decreases_from_one_to_zero(make):
+    s = make(1000)
+    ab = np.asarray(s.alpha_bar)
+    assert ab.shape == (1000,)
+    assert np.all(np.diff(ab) < 0), "alpha_bar must fall at every step"
+    assert 0.99 < ab[0] < 1 and ab[-1] < 1e-3
+    np.testing.assert_allclose(ab, np.cumprod(1 - np.asarray(s.beta)), rtol=1e-5)
+    log_snr = np.log(np.asarray(snr(s.alpha_bar)))
+    assert np.all(np.diff(log_snr) < 0)
+
+
+def test_linear_schedule_matches_ho_et_al():
+    s = linear_schedule(1000)
+    np.testing.assert_allclose(s.beta[[0, -1]], [1e-4, 0.02], rtol=1e-6)
+    # SNR endpoints: alpha_bar_1 = 1 - 1e-4, and alpha_bar_T = 4.04e-5 for DDPM's schedule.
+    np.testing.assert_allclose(snr(s.alpha_bar[0]), (1 - 1e-4) / 1e-4, rtol=1e-3)
+    np.testing.assert_allclose(s.alpha_bar[-1], 4.04e-5, rtol=0.02)
+
+
+def test_discrete_schedules_follow_their_continuous_curves():
+    t = np.asarray(continuous_time(np.arange(1000), 1000))
+    np.testing.assert_allclose(cosine_schedule(1000).alpha_bar[:-30], cosine_alpha_bar(t)[:-30], rtol=1e-4)
+    # The linear betas are a Riemann sum of the continuous rate: close, not equal.
+    np.testing.assert_allclose(linear_schedule(1000).alpha_bar[:900], linear_alpha_bar(t)[:900], rtol=0.02)
+    assert float(cosine_alpha_bar(0.0)) == pytest.approx(1.0)
+
+
+def test_unknown_schedule_is_a_clear_error():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_schedule("quadratic")
+
+
+def test_q_sample_equals_iterated_noising_in_distribution():
+    """x_t reached in one jump (eq. 4) has the mean and variance of t single steps (eq. 2)."""
+    s = linear_schedule(100)
+    x0 = jnp.full((20000, 1, 1, 1), 0.7)
+    keys = jax.random.split(jax.random.key(0), 60)
+    x = x0
+    for t in range(60):
+        x = q_step(x, s.beta[t], jax.random.normal(keys[t], x.shape))
+    ab = float(s.alpha_bar[59])
+    jump = q_sample(x0, jnp.full((20000,), ab), jax.random.normal(jax.random.key(1), x0.shape))
+    for samples in (x, jump):
+        assert float(samples.mean()) == pytest.approx(np.sqrt(ab) * 0.7, abs=0.02)
+        assert float(samples.var()) == pytest.approx(1 - ab, rel=0.04)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_every_prediction_recovers_x0_and_eps(prediction):
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x0, eps = jax.random.normal(k1, (3, 4, 4, 3)), jax.random.normal(k2, (3, 4, 4, 3))
+    ab = jnp.array([0.9, 0.5, 0.01])
+    xt = q_sample(x0, ab, eps)
+    target = prediction_target(prediction, x0, eps, ab)
+    x0_back, eps_back = x0_and_eps(prediction, target, xt, ab)
+    np.testing.assert_allclose(x0_back, x0, atol=2e-4 if prediction != "eps" else 2e-3)
+    np.testing.assert_allclose(eps_back, eps, atol=2e-4)
+
+
+def test_recolour_pixels_replaces_the_asked_fraction():
+    x0 = jnp.zeros((4, 32, 32, 3))
+    key = jax.random.key(0)
+    assert jnp.array_equal(recolour_pixels(key, x0, 0.0), x0)
+    changed = jnp.any(recolour_pixels(key, x0, jnp.array([0.0, 0.3, 0.7, 1.0])) != 0, axis=-1).mean(axis=(1, 2))
+    np.testing.assert_allclose(changed, [0.0, 0.3, 0.7, 1.0], atol=0.05)

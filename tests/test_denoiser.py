@@ -1,0 +1,68 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minidiff.denoiser import UNetConfig, depth_to_space, noise_level_embedding, space_to_depth, upsample_nearest
+from minidiff.model import ModelConfig, count_parameters, create_model, preset
+
+
+def test_space_to_depth_is_inverted_by_depth_to_space():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    folded = space_to_depth(x, 2)
+    assert folded.shape == (2, 4, 4, 12)
+    np.testing.assert_array_equal(folded[0, 0, 0], x[0, :2, :2].reshape(-1))
+    np.testing.assert_array_equal(depth_to_space(folded, 2), x)
+
+
+def test_noise_level_embedding_and_upsampling_shapes():
+    emb = noise_level_embedding(jnp.array([0.0, 0.5, 1.0]), 32)
+    assert emb.shape == (3, 32) and float(jnp.abs(emb).max()) <= 1.0
+    assert not np.allclose(emb[1], emb[2])
+    assert upsample_nearest(jnp.ones((1, 3, 3, 2))).shape == (1, 6, 6, 2)
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_model_output_has_the_image_shape(patch_size, tokenizer):
+    config = preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length, patch_size=patch_size)
+    model = create_model(config)
+    xt = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    ids = jnp.asarray(tokenizer.encode_batch(["a red flower", "a blue bird"]))
+    out = model(xt, jnp.array([0.1, 0.9]), ids)
+    assert out.shape == xt.shape and out.dtype == jnp.float32
+    # The output convolution starts at zero, so an untrained network predicts zero.
+    assert float(jnp.abs(out).max()) == 0.0
+    assert count_parameters(model) > 0
+
+
+def test_initialisation_follows_the_declared_rules(model):
+    kernel = np.asarray(model.unet.stem.kernel[...])
+    fan_in = np.prod(kernel.shape[:-1])
+    assert kernel.std() == pytest.approx(1 / np.sqrt(fan_in), rel=0.15)  # LeCun normal
+    assert np.all(np.asarray(model.unet.stem.bias[...]) == 0)
+    assert np.all(np.asarray(model.unet.out_norm.scale[...]) == 1)
+    assert np.asarray(model.text_encoder.position_embedding[...]).std() == pytest.approx(0.02, rel=0.2)
+
+
+def test_caption_changes_the_prediction_once_trained_weights_are_nonzero(model, tokenizer):
+    # Give the output layer weights, then check the caption actually reaches the output.
+    model.unet.out.kernel[...] = 0.1 * jnp.ones_like(model.unet.out.kernel[...])
+    xt = jnp.zeros((1, 16, 16, 3))
+    a = model(xt, jnp.array([0.5]), jnp.asarray(tokenizer.encode_batch(["a red flower"])))
+    b = model(xt, jnp.array([0.5]), jnp.asarray(tokenizer.encode_batch(["a blue bird"])))
+    assert float(jnp.abs(a - b).max()) > 1e-4
+
+
+def test_bad_configs_are_clear_errors(tokenizer):
+    with pytest.raises(ValueError, match="divisible"):
+        UNetConfig(image_size=30, patch_size=2, widths=(8, 16))
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge", 10)
+    config = preset("tiny", 10)
+    with pytest.raises(ValueError, match="caption_dim"):
+        dataclasses.replace(config, text=dataclasses.replace(config.text, dim=64))
+    with pytest.raises(ValueError, match="unknown prediction"):
+        dataclasses.replace(config, prediction="score")
+    assert ModelConfig.from_dict(config.to_dict()) == config

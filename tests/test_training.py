@@ -1,0 +1,86 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import TINY_TRAIN
+from minidiff.corruption import snr
+from minidiff.training import (
+    TrainingDiverged, drop_captions, loss_weight, new_train_state, resume_train_state, train,
+)
+
+
+def params_of(module):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(module, nnx.Param))]
+
+
+def test_loss_falls_over_a_few_steps(dataset, tokenizer, model_config):
+    config = dataclasses.replace(TINY_TRAIN, steps=40)
+    state = train(new_train_state(model_config, tokenizer, config), dataset.subset(np.arange(8)), progress=False)
+    losses = np.array([loss for _, loss in state.losses])
+    assert len(losses) == 40 and np.all(np.isfinite(losses))
+    assert losses[-10:].mean() < 0.8 * losses[:5].mean()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resumed_run_ends_with_the_same_parameters(tmp_path, dataset, tokenizer, model_config):
+    """Crash after the step-3 checkpoint, resume, finish: identical to never stopping."""
+    straight = train(new_train_state(model_config, tokenizer, TINY_TRAIN), dataset, tmp_path / "a", progress=False,
+                     on_report=lambda state: None)
+
+    def crash(state):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(new_train_state(model_config, tokenizer, TINY_TRAIN), dataset, tmp_path / "b", on_report=crash, progress=False)
+    resumed = resume_train_state(tmp_path / "b" / "checkpoint.npz", TINY_TRAIN)
+    assert resumed.step == 3
+    resumed = train(resumed, dataset, tmp_path / "b", on_report=lambda state: None, progress=False)
+    assert resumed.step == straight.step == 6
+    for name in ("model", "ema"):
+        for a, b in zip(params_of(getattr(straight, name)), params_of(getattr(resumed, name))):
+            np.testing.assert_array_equal(a, b)
+    assert [round(l, 6) for _, l in resumed.losses] == [round(l, 6) for _, l in straight.losses]
+
+
+def test_resume_refuses_changed_settings(tmp_path, dataset, tokenizer, model_config):
+    train(new_train_state(model_config, tokenizer, dataset_config := TINY_TRAIN), dataset, tmp_path, progress=False)
+    with pytest.raises(Exception, match="learning_rate"):
+        resume_train_state(tmp_path / "checkpoint.npz", dataclasses.replace(dataset_config, learning_rate=0.1))
+
+
+def test_nan_loss_stops_the_run_before_any_checkpoint(tmp_path, dataset, tokenizer, model_config):
+    state = new_train_state(model_config, tokenizer, TINY_TRAIN)
+    state.model.unet.stem.kernel[...] = jnp.full_like(state.model.unet.stem.kernel[...], jnp.nan)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        train(state, dataset, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_image_size_mismatch_is_a_clear_error(tokenizer, model_config):
+    from minidiff.datasets import toy_dataset
+
+    with pytest.raises(ValueError, match="32px but the model was built for 16px"):
+        train(new_train_state(model_config, tokenizer, TINY_TRAIN), toy_dataset(num_images=8, image_size=32), progress=False)
+
+
+def test_min_snr_weights_match_hang_et_al():
+    s = jnp.array([0.1, 5.0, 100.0])
+    np.testing.assert_allclose(loss_weight("min_snr", "eps", s, 5.0), [1.0, 1.0, 0.05], rtol=1e-6)
+    np.testing.assert_allclose(loss_weight("min_snr", "v", s, 5.0), [0.1 / 1.1, 5 / 6, 5 / 101], rtol=1e-6)
+    np.testing.assert_allclose(loss_weight("min_snr", "x0", s, 5.0), [0.1, 5.0, 5.0], rtol=1e-6)
+    assert float(snr(0.5)) == 1.0
+
+
+def test_caption_dropout_rate():
+    ids = jnp.full((20000, 4), 7)
+    empty = jnp.array([1, 0, 0, 0])
+    dropped = drop_captions(jax.random.key(0), ids, empty, 0.1)
+    rate = float(jnp.all(dropped == empty, axis=1).mean())
+    assert rate == pytest.approx(0.1, abs=0.01)
