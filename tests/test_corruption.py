@@ -23,7 +23,7 @@ def test_alpha_bar_decreases_from_one_to_zero(make):
 
 def test_linear_schedule_matches_ho_et_al():
     s = linear_schedule(1000)
-    np.testing.assert_allclose(s.beta[[0, -1]], [1e-4, 0.02], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(s.beta)[[0, -1]], [1e-4, 0.02], rtol=1e-6)
     # SNR endpoints: alpha_bar_1 = 1 - 1e-4, and alpha_bar_T = 4.04e-5 for DDPM's schedule.
     np.testing.assert_allclose(snr(s.alpha_bar[0]), (1 - 1e-4) / 1e-4, rtol=1e-3)
     np.testing.assert_allclose(s.alpha_bar[-1], 4.04e-5, rtol=0.02)
@@ -32,8 +32,9 @@ def test_linear_schedule_matches_ho_et_al():
 def test_discrete_schedules_follow_their_continuous_curves():
     t = np.asarray(continuous_time(np.arange(1000), 1000))
     np.testing.assert_allclose(cosine_schedule(1000).alpha_bar[:-30], cosine_alpha_bar(t)[:-30], rtol=1e-4)
-    # The linear betas are a Riemann sum of the continuous rate: close, not equal.
-    np.testing.assert_allclose(linear_schedule(1000).alpha_bar[:900], linear_alpha_bar(t)[:900], rtol=0.02)
+    # The linear betas are a Riemann sum of the continuous rate: close in log alpha_bar, not equal.
+    log_discrete, log_continuous = np.log(linear_schedule(1000).alpha_bar), np.log(linear_alpha_bar(t))
+    np.testing.assert_allclose(log_discrete[:900], log_continuous[:900], atol=0.05)
     assert float(cosine_alpha_bar(0.0)) == pytest.approx(1.0)
 
 

@@ -17,13 +17,14 @@ from flax import nnx
 from minidiff.corruption import cosine_alpha_bar, cosine_schedule
 from minidiff.sampling import guided_output, sample, timestep_sequence
 
-DATA_STD = 0.5
+DATA_STD = 0.3  # small enough that clipping x0 to [-1, 1] never matters
 
 
 class GaussianOracle(nnx.Module):
     """Predicts x0 exactly for Gaussian data; ignores the caption."""
 
-    def __init__(self, image_size=4):
+    def __init__(self, std=DATA_STD, image_size=4):
+        self.std = std
         self.config = types.SimpleNamespace(
             prediction="x0", unet=types.SimpleNamespace(image_size=image_size, channels=3)
         )
@@ -33,19 +34,23 @@ class GaussianOracle(nnx.Module):
 
     def denoise(self, xt, t, caption):
         alpha_bar = cosine_alpha_bar(t).reshape(-1, 1, 1, 1)  # the cosine schedule at step t
-        return jnp.sqrt(alpha_bar) * DATA_STD**2 / (alpha_bar * DATA_STD**2 + 1 - alpha_bar) * xt
+        return jnp.sqrt(alpha_bar) * self.std**2 / (alpha_bar * self.std**2 + 1 - alpha_bar) * xt
 
 
-@pytest.mark.parametrize(
-    "sampler, steps, eta", [("ddim", 50, 0.0), ("ddim", 50, 1.0), ("ddpm", 100, 0.0), ("ddim", 1000, 0.0)]
-)
-def test_samplers_reproduce_the_data_distribution(sampler, steps, eta):
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
+def test_samplers_converge_to_the_data_distribution(sampler, eta):
+    """With 1000 steps the samples have the data's spread; with fewer, a discretisation
+    error remains (too little variance) and it shrinks as the steps grow."""
     ids = jnp.ones((512, 4), jnp.int32)
-    images = sample(GaussianOracle(), cosine_schedule(1000), ids, ids[:1], seed=0, num_steps=steps,
-                    sampler=sampler, eta=eta)
-    assert images.shape == (512, 4, 4, 3)
-    assert float(images.mean()) == pytest.approx(0.0, abs=0.02)
-    assert float(images.std()) == pytest.approx(DATA_STD, rel=0.04)
+    relative_error = {}
+    for steps in (20, 100, 1000):
+        images = sample(GaussianOracle(), cosine_schedule(1000), ids, ids[:1], seed=0, num_steps=steps,
+                        sampler=sampler, eta=eta)
+        assert images.shape == (512, 4, 4, 3)
+        assert float(images.mean()) == pytest.approx(0.0, abs=0.02)
+        relative_error[steps] = abs(float(images.std()) / DATA_STD - 1)
+    assert relative_error[1000] < 0.02, relative_error
+    assert relative_error[1000] < relative_error[100] < relative_error[20] < 0.25, relative_error
 
 
 def test_ddim_eta0_is_deterministic_and_seeds_matter(model, tokenizer):
