@@ -76,6 +76,7 @@ def _train_config(args):
 def run_training(args, captions_to_show=DEMO_CAPTIONS):
     """Train as `minidiff train` does; returns the final TrainState."""
     from minidiff.captions import Tokenizer
+    from minidiff.corruption import make_schedule
     from minidiff.datasets import load_dataset
     from minidiff.model import count_parameters, preset
     from minidiff.plotting import save_loss_curve
@@ -100,9 +101,6 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
         state = new_train_state(model_config, tokenizer, config)
     print(f"model: preset {args.preset if not args.resume else '(from checkpoint)'}, "
           f"{count_parameters(state.model) / 1e6:.2f} M parameters, predicts {state.model.config.prediction}")
-
-    from minidiff.corruption import make_schedule
-
     schedule = make_schedule(config.schedule, config.num_timesteps)
     captions = [c for c in captions_to_show if not state.tokenizer.unknown_words(c)] or [dataset.captions[0][0]]
 

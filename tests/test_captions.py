@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff.captions import BOS, PAD, UNK, CaptionError, TextEncoder, TextEncoderConfig, Tokenizer, attention
+from minidiff.captions import BOS, PAD, UNK, CaptionError, Tokenizer, attention
 from minidiff.model import create_model, preset
 
 
@@ -49,11 +49,9 @@ def test_attention_ignores_masked_keys():
 
 
 def test_text_encoder_shapes_and_padding_mask():
-    config = TextEncoderConfig(vocab_size=20, max_length=8, dim=16, depth=1, heads=2)
     model = create_model(preset("tiny", 20, max_length=8))
     encoder = model.text_encoder
     ids = jnp.array([[BOS, 5, 6, PAD, PAD, PAD, PAD, PAD], [BOS, 7, 8, 9, 10, 11, 12, 13]])
     tokens, mask, pooled = encoder(ids)
     assert tokens.shape == (2, 8, 32) and pooled.shape == (2, 32)
     assert mask.tolist()[0] == [True, True, True] + [False] * 5
-    assert config.dim == 16  # configs are plain frozen dataclasses
