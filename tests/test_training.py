@@ -58,9 +58,9 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path, dataset, tokenizer,
 
 
 def test_resume_refuses_changed_settings(tmp_path, dataset, tokenizer, model_config):
-    train(new_train_state(model_config, tokenizer, dataset_config := TINY_TRAIN), dataset, tmp_path, progress=False)
+    train(new_train_state(model_config, tokenizer, TINY_TRAIN), dataset, tmp_path, progress=False)
     with pytest.raises(Exception, match="learning_rate"):
-        resume_train_state(tmp_path / "checkpoint.npz", dataclasses.replace(dataset_config, learning_rate=0.1))
+        resume_train_state(tmp_path / "checkpoint.npz", dataclasses.replace(TINY_TRAIN, learning_rate=0.1))
 
 
 def test_nan_loss_stops_the_run_before_any_checkpoint(tmp_path, dataset, tokenizer, model_config):
