@@ -11,8 +11,6 @@ leaves a half-written checkpoint behind.
 """
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,28 +18,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from minidiff.atomic import atomic_write
+
 FORMAT_VERSION = 1
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, or does not fit the model."""
-
-
-def atomic_write(path, write) -> Path:
-    """Call write(file_object) on a temporary file, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _flat_arrays(prefix: str, state) -> dict[str, np.ndarray]:

@@ -64,18 +64,32 @@ def generate_grid(model, tokenizer, schedule, captions, path, *, per_caption=6, 
 # --- Commands ----------------------------------------------------------------------
 
 
-def _train_config(args):
+def _train_config(args, horizontal_flip: bool):
     from minidiff.training import TrainConfig
 
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, horizontal_flip=horizontal_flip,
     )
+
+
+def _captions_to_show(dataset, tokenizer, preferred, count=4):
+    """The preferred captions the model knows every word of; else the first captions of a few classes."""
+    known = [c for c in preferred if not tokenizer.unknown_words(c)]
+    if known:
+        return known
+    shown, classes = [], set()
+    for options, label in zip(dataset.captions, dataset.labels.get("class", range(len(dataset)))):
+        if int(label) not in classes and len(shown) < count:
+            classes.add(int(label))
+            shown.append(options[0])
+    return shown
 
 
 def run_training(args, captions_to_show=DEMO_CAPTIONS):
     """Train as `minidiff train` does; returns the final TrainState."""
     from minidiff.captions import Tokenizer
+    from minidiff.checkpoints import Checkpoint
     from minidiff.corruption import make_schedule
     from minidiff.datasets import load_dataset
     from minidiff.model import count_parameters, preset
@@ -83,18 +97,17 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
     from minidiff.training import new_train_state, resume_train_state, train
 
     out = Path(args.out)
-    config = _train_config(args)
     checkpoint = out / "checkpoint.npz"
+    size = Checkpoint(checkpoint).header["model_config"]["unet"]["image_size"] if args.resume else args.image_size
+    t0 = time.perf_counter()
+    dataset = load_dataset(args.dataset, args.split, image_size=size, num_images=args.num_images, seed=args.data_seed,
+                           data_dir=args.data_dir, use_cache=not args.no_cache, download=args.download)
+    print(f"dataset {dataset.name}: {len(dataset)} images of {size}x{size} ({time.perf_counter() - t0:.1f} s)")
+    config = _train_config(args, horizontal_flip=dataset.flip_ok)
     if args.resume:
         state = resume_train_state(checkpoint, config)
         print(f"resuming {checkpoint} at step {state.step} of {config.steps}")
-        size = state.model.config.unet.image_size
     else:
-        size = args.image_size
-    t0 = time.perf_counter()
-    dataset = load_dataset(args.dataset, "train", image_size=size, num_images=args.num_images, seed=args.data_seed)
-    print(f"dataset {dataset.name}: {len(dataset)} images of {size}x{size} ({time.perf_counter() - t0:.1f} s)")
-    if not args.resume:
         tokenizer = Tokenizer.from_captions(dataset.all_captions())
         model_config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length)
         model_config = dataclasses.replace(model_config, prediction=args.prediction)
@@ -102,7 +115,7 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
     print(f"model: preset {args.preset if not args.resume else '(from checkpoint)'}, "
           f"{count_parameters(state.model) / 1e6:.2f} M parameters, predicts {state.model.config.prediction}")
     schedule = make_schedule(config.schedule, config.num_timesteps)
-    captions = [c for c in captions_to_show if not state.tokenizer.unknown_words(c)] or [dataset.captions[0][0]]
+    captions = _captions_to_show(dataset, state.tokenizer, captions_to_show)
 
     def report(state):
         grid = out / f"samples_step{state.step:06d}.png"
@@ -159,7 +172,7 @@ def cmd_adherence(args):
             results[f"{split}/guidance={guidance:g}"] = scores
             print(f"{split:9s} guidance {guidance:<4g} " + "  ".join(f"{k} {v:.0%}" for k, v in scores.items()))
     if args.out:
-        from minidiff.checkpoints import atomic_write
+        from minidiff.atomic import atomic_write
 
         atomic_write(args.out, lambda f: f.write(json.dumps(results, indent=2).encode()))
         print(f"wrote {args.out}")
@@ -172,7 +185,15 @@ def _add_training_options(p, steps, out, sample_every):
     from minidiff.datasets import DATASETS
     from minidiff.model import PRESETS
 
-    p.add_argument("--dataset", default="toy", choices=sorted(DATASETS), help="training data (default: %(default)s, the embedded flowers and birds)")
+    p.add_argument("--dataset", default="toy", choices=DATASETS,
+                   help="training data (default: %(default)s, the embedded flowers and birds; flowers = Oxford-102, "
+                   "birds = CUB-200-2011, folder = your images with captions)")
+    p.add_argument("--data-dir", help="where flowers or birds are on disk (or the folder for 'folder'); "
+                   "default: $MINIDIFF_DATA_DIR, then ./data")
+    p.add_argument("--split", default="train", help="which images to train on: train, val, test, eval, train_classes, "
+                   "test_classes or all for flowers and birds; train, test or held_out for the embedded set (default: %(default)s)")
+    p.add_argument("--download", action="store_true", help="let tensorflow-datasets download flowers or birds if no local copy is found")
+    p.add_argument("--no-cache", action="store_true", help="decode the images again instead of using the cache ($MINIDIFF_CACHE_DIR or ~/.cache/minidiff)")
     p.add_argument("--num-images", type=int, default=8000, help="images to generate for the embedded dataset (default: %(default)s)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the embedded dataset (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: %(default)s)")
@@ -248,7 +269,7 @@ def main(argv=None):
 
     try:
         args.run(args)
-    except (CaptionError, CheckpointError, TrainingDiverged, ValueError) as error:
+    except (CaptionError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as error:
         print(f"minidiff {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

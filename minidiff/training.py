@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from minidiff.captions import Tokenizer
 from minidiff.checkpoints import Checkpoint, CheckpointError, save_checkpoint
 from minidiff.corruption import NoiseSchedule, continuous_time, make_schedule, prediction_target, q_sample, snr
-from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices
+from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices, mirror_some
 from minidiff.model import ModelConfig, TextToImage, create_model
 
 
@@ -42,6 +42,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    horizontal_flip: bool = False  # mirror half of each batch (only where captions say nothing of left and right)
     schedule: str = "cosine"
     num_timesteps: int = 1000
     loss_weighting: str = "min_snr"  # "min_snr" or "none"
@@ -214,9 +215,12 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
         step = state.step
         index = batch_indices(len(dataset), config.batch_size, config.seed, step)
         choice = caption_choices(counts[index], config.seed, step)
+        images = dataset.images[index]
+        if config.horizontal_flip:
+            images = mirror_some(images, config.seed, step)
         loss = train_step(
             state.model, state.optimizer, state.ema, schedule,
-            jnp.asarray(dataset.images[index]), jnp.asarray(ids[index, choice]), empty_ids,
+            jnp.asarray(images), jnp.asarray(ids[index, choice]), empty_ids,
             jax.random.fold_in(base_key, step), config,
         )
         state.step += 1

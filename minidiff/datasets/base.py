@@ -5,6 +5,7 @@ drawn from it by index, so nothing is decoded or re-tokenised per step.
 """
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -19,6 +20,10 @@ class CaptionedImages:
     labels:      attribute name -> (N,) int array, indexing label_names[name];
                  -1 where an attribute does not apply to an image.
     label_names: attribute name -> the names of its values.
+    flip_ok:     whether a mirrored image still matches its captions (not for
+                 the embedded birds, whose captions say which way they face),
+                 so training may flip images at random.
+    skipped:     what the loader could not use, by reason, with counts.
     """
 
     name: str
@@ -26,6 +31,8 @@ class CaptionedImages:
     captions: tuple[tuple[str, ...], ...]
     labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     label_names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    flip_ok: bool = False
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         check_images(self.images, what=f"dataset {self.name!r}")
@@ -58,6 +65,25 @@ class CaptionedImages:
         )
 
 
+def combine(*datasets: CaptionedImages, name: str | None = None) -> CaptionedImages:
+    """Several datasets of the same image size as one, e.g. flowers and birds for one model.
+
+    Their own labels do not line up, so the result keeps one: "dataset", which
+    of the inputs each image came from.
+    """
+    sizes = {d.image_size for d in datasets}
+    if len(sizes) != 1:
+        raise ValueError(f"cannot combine datasets of different image sizes {sorted(sizes)}; load them at one size")
+    return CaptionedImages(
+        name=name or "+".join(d.name for d in datasets),
+        images=np.concatenate([d.images for d in datasets]),
+        captions=tuple(c for d in datasets for c in d.captions),
+        labels={"dataset": np.concatenate([np.full(len(d), i) for i, d in enumerate(datasets)]).astype(np.int64)},
+        label_names={"dataset": tuple(d.name for d in datasets)},
+        flip_ok=all(d.flip_ok for d in datasets),
+    )
+
+
 def check_images(images, what: str = "images") -> None:
     """Raise a clear error unless `images` is an (N, H, W, 3) uint8 array of square images."""
     if not isinstance(images, np.ndarray):
@@ -73,6 +99,11 @@ def check_images(images, what: str = "images") -> None:
             f"{what}: expected uint8 pixels in [0, 255], got {images.dtype}; "
             "convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1]"
         )
+
+
+def with_articles(sentence: str) -> str:
+    """'a orange beak' -> 'an orange beak' (for captions filled in from templates)."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", sentence)
 
 
 def to_model_range(images_uint8):
@@ -106,3 +137,9 @@ def caption_choices(captions_per_image: np.ndarray, seed: int, step: int) -> np.
     """Which of each image's captions batch `step` uses (one drawn per image per use)."""
     rng = np.random.default_rng([seed, step, 1])
     return (rng.random(len(captions_per_image)) * captions_per_image).astype(np.int64)
+
+
+def mirror_some(images: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """Flip about half of batch `step`'s images left to right (a pure function of seed and step)."""
+    flip = np.random.default_rng([seed, step, 2]).random(len(images)) < 0.5
+    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)

@@ -14,11 +14,9 @@ that draws "a blue flower with a yellow centre" correctly has composed two
 words it never saw together.
 """
 
-import re
-
 import numpy as np
 
-from minidiff.datasets.base import CaptionedImages
+from minidiff.datasets.base import CaptionedImages, with_articles
 
 # Pixel values of every colour word. Backgrounds use their own shades so a
 # flower on a green background never shares a colour with the flower.
@@ -210,12 +208,7 @@ BIRD_TEMPLATES = (
 def compose_captions(kind: str, values: dict[str, str]) -> tuple[str, ...]:
     """Every caption template filled in with one image's attribute values."""
     templates = FLOWER_TEMPLATES if kind == "flowers" else BIRD_TEMPLATES
-    return tuple(_fix_articles(t.format(**values)) for t in templates)
-
-
-def _fix_articles(sentence: str) -> str:
-    """'a orange beak' -> 'an orange beak'."""
-    return re.sub(r"\ba (?=[aeiou])", "an ", sentence)
+    return tuple(with_articles(t.format(**values)) for t in templates)
 
 
 def _values(kind: str, labels, i: int) -> dict[str, str]:
