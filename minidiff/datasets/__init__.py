@@ -55,7 +55,7 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, num_imag
     `find_local_copy`), else from tensorflow-datasets if it has them prepared
     (or downloads them, with download=True). Local copies and folders are
     decoded once and cached (see `minidiff.datasets.cache`).
-    num_images and seed apply to the embedded set only.
+    num_images and seed apply to the embedded set only; a folder has no splits (all its images are used).
     """
     if name in TOY:
         return toy_dataset(TOY[name], split=split, num_images=num_images, image_size=image_size, seed=seed)

@@ -74,7 +74,7 @@ def _attribute_names(cub: Path) -> dict[int, tuple[str, str]] | None:
     return names
 
 
-def _describe(values: dict[str, str], name: str) -> tuple[str, ...]:
+def describe_bird(values: dict[str, str], name: str) -> tuple[str, ...]:
     """Captions for one bird from its attribute values (group -> raw value) and class name."""
     word = {g: WORDS.get(v, v.replace("_", " ")) for g, v in values.items()}
     captions = [f"a photo of a {name}, a type of bird"]
@@ -160,7 +160,7 @@ def load_birds(root, split: str = "train", image_size: int = 64) -> "CaptionedIm
             captions = read_caption_file((text_dir / relative).with_suffix(".txt"), skipped)
         if not captions:
             values = per_image.get(image_id, {}) if per_image is not None else per_class[label]
-            captions = _describe(values, names[label])
+            captions = describe_bird(values, names[label])
         box = tuple(float(v) for v in boxes[image_id][:4]) if image_id in boxes else None
         if image_id not in boxes:
             skipped.add("no bounding box (centre crop used)", relative)

@@ -63,11 +63,15 @@ class ImageRecord:
     box: tuple[float, float, float, float] | None = None
 
 
+# A bird's crop is this many times its bounding box's longer side (see square_crop).
+BOX_ENLARGE = 1.5
+
+
 class UnreadableImage(ValueError):
     """An image file that cannot be decoded."""
 
 
-def square_crop(width: int, height: int, box=None, enlarge: float = 1.5) -> tuple[int, int, int, int]:
+def square_crop(width: int, height: int, box=None, enlarge: float = BOX_ENLARGE) -> tuple[int, int, int, int]:
     """The square (left, top, right, bottom) to cut from a width x height image.
 
     Without a box: the largest centred square. With a box: a square of side
@@ -118,7 +122,7 @@ def read_image(path, size: int, box=None) -> np.ndarray:
             # no less than twice the output size so the resize still antialiases.
             wanted = max(2 * size, 1)
             if box is not None:
-                wanted = int(wanted * max(original) / max(max(box[2:]) * 1.5, 1))
+                wanted = int(wanted * max(original) / max(max(box[2:]) * BOX_ENLARGE, 1))
             image.draft("RGB", (wanted, wanted))
             image.load()  # decode now, so a truncated file fails here
             if box is not None and image.size != original:

@@ -4,7 +4,8 @@ Captions come from either
   captions.jsonl   one JSON object per line: {"file": "cat.jpg", "caption": "a cat"}
                    ("captions": [...] for several; "file" relative to the folder), or
   cat.txt          a text file beside cat.jpg, one caption per line.
-Images are cropped to their centred square and resized. An image with no
+A folder has no splits: every captioned image is used. Images are cropped
+to their centred square and resized. An image with no
 caption, or a caption naming a missing image, is skipped and counted.
 """
 

@@ -74,7 +74,7 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
     text_dir: a text_c10 folder to take captions from (matched by file name);
     otherwise captions are made from the class names.
     """
-    from minidiff.datasets.birds import _describe, class_name
+    from minidiff.datasets.birds import class_name, describe_bird
     from minidiff.datasets.flowers import class_captions
 
     builder = tfds_builder(name, data_dir, download)
@@ -108,7 +108,7 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
         if not text:
             bird = example.get("label_name", names[label])  # caltech_birds2011 carries the name per example
             bird = bird.decode() if isinstance(bird, bytes) else str(bird)
-            text = class_captions(names[label]) if name == "flowers" else _describe({}, class_name(bird))
+            text = class_captions(names[label]) if name == "flowers" else describe_bird({}, class_name(bird))
         captions.append(text)
     skipped.report(f"{name}-{split}")
     return CaptionedImages(
