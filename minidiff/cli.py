@@ -178,6 +178,45 @@ def cmd_adherence(args):
         print(f"wrote {args.out}")
 
 
+def _judge_path(args, dataset_name: str, image_size: int) -> Path:
+    """--judge if given, else a judge file kept beside the checkpoint."""
+    return Path(args.judge) if args.judge else Path(args.checkpoint).parent / f"judge-{dataset_name}-{image_size}px.npz"
+
+
+def cmd_evaluate(args):
+    import numpy as np
+
+    from minidiff.atomic import atomic_write
+    from minidiff.evaluation import evaluate, load_or_train_judge, reference_set
+    from minidiff.plotting import captioned_grid, save_figure
+
+    model, tokenizer, schedule = _load_sampling_model(args.checkpoint)
+    size = model.config.unet.image_size
+    reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
+    judge = load_or_train_judge(_judge_path(args, args.dataset, size), args.dataset, size, data_dir=args.data_dir,
+                                steps=args.judge_steps, must_exist=bool(args.judge), progress=not args.quiet)
+    inception = None
+    if args.inception:
+        from minidiff.inception import load_fid_inception
+
+        inception = load_fid_inception(args.inception)
+    metrics, images = evaluate(model, tokenizer, schedule, reference, judge, num_samples=args.num_samples,
+                               sampler=args.sampler, num_steps=args.steps, guidance_scale=args.guidance,
+                               seed=args.seed, inception=inception, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    shown = min(8, len(images))
+    captions = [options[0] for options in reference.captions[:shown]]
+    pairs = np.stack([images[:shown], reference.images[:shown]], axis=1).reshape(-1, *images.shape[1:])
+    title = f"{args.sampler}, {args.steps} steps, guidance {args.guidance:g} (left: generated, right: real)"
+    save_figure(captioned_grid(pairs, captions, title=title), out / "samples.png")
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    print("adherence: " + "  ".join(f"{k} {v:.0%}" for k, v in metrics["adherence"].items()))
+    print("judge accuracy on real images: " + "  ".join(f"{k} {v:.0%}" for k, v in metrics["judge_accuracy_on_real"].items()))
+    print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
+
+
 # --- Arguments ---------------------------------------------------------------------
 
 
@@ -255,6 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     adh.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     adh.add_argument("--out", help="also write the scores to this JSON file")
     adh.set_defaults(run=cmd_adherence)
+
+    from minidiff.datasets import DATASETS
+
+    ev = commands.add_parser("evaluate", help="generate images for held-out captions and measure them",
+                             description="Generate one image per held-out caption and report, in OUT/metrics.json: "
+                             "the Fréchet distance and KID in the features of a small judge trained on the dataset's "
+                             "labels, caption adherence (how often the judge recognises what the caption names) and, "
+                             "with --inception, FID, KID and Inception Score. Also writes OUT/samples.png.")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
+    ev.add_argument("--dataset", default="toy", choices=[d for d in DATASETS if d != "folder"],
+                    help="the dataset the model was trained on; its held-out captions are used (default: %(default)s)")
+    ev.add_argument("--data-dir", help="where flowers or birds are on disk (default: $MINIDIFF_DATA_DIR, then ./data)")
+    ev.add_argument("--num-samples", type=int, default=256, help="images to generate; compare figures only at equal N (default: %(default)s)")
+    ev.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="update rule (default: %(default)s)")
+    ev.add_argument("--steps", type=int, default=50, help="sampling steps (Heun makes 2 network calls per step) (default: %(default)s)")
+    ev.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    ev.add_argument("--judge", help="a judge file (judge-*.npz); default: the one beside the checkpoint, trained if missing")
+    ev.add_argument("--judge-steps", type=int, default=800, help="training steps of a new judge (default: %(default)s)")
+    ev.add_argument("--inception", help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz)")
+    ev.add_argument("--out", default="runs/evaluation", help="folder for metrics.json and samples.png (default: %(default)s)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(run=cmd_evaluate)
     return parser
 
 

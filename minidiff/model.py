@@ -109,21 +109,26 @@ def _initial_value(path, variable, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"no initialiser for parameter {'/'.join(map(str, path))}")
 
 
-def create_model(config: ModelConfig, seed: int = 0) -> TextToImage:
-    """Build a model with random parameters — in about a second.
+def numpy_initialised(make_module, seed: int = 0):
+    """`make_module(rngs)` built with random parameters — in about a second.
 
     Built the usual way, every random initialiser is a separate XLA program
     (XLA:CPU takes most of a second to compile each), which costs tens of
-    seconds. Instead we build the model abstractly (shapes only, nothing
+    seconds. Instead we build the module abstractly (shapes only, nothing
     computed) and fill in the values with numpy, following the same rules.
     """
-    abstract = nnx.eval_shape(lambda: TextToImage(config, rngs=nnx.Rngs(seed)))
+    abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(seed)))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)
     flat = nnx.to_flat_state(state)
     for path, variable in flat:
         variable.set_value(jnp.asarray(_initial_value(path, variable, rng)))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> TextToImage:
+    """A text-to-image model with random parameters (see `numpy_initialised`)."""
+    return numpy_initialised(lambda rngs: TextToImage(config, rngs=rngs), seed)
 
 
 def count_parameters(model: nnx.Module) -> int:

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from minidiff.cli import build_parser, main
@@ -5,7 +7,7 @@ from minidiff.cli import build_parser, main
 
 def test_help_explains_every_command_and_option(capsys):
     parser = build_parser()
-    for command in ("demo", "train", "sample", "adherence"):
+    for command in ("demo", "train", "sample", "adherence", "evaluate"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         text = capsys.readouterr().out
@@ -25,6 +27,15 @@ def test_train_then_sample_writes_a_grid(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",
                  "--caption", "a blue bird", "--steps", "2", "--per-caption", "2", "--out", str(grid)]) == 0
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Evaluate: trains a judge once (kept beside the checkpoint), then writes metrics and a grid.
+    evaluation = tmp_path / "evaluation"
+    args = ["evaluate", "--checkpoint", str(run / "checkpoint.npz"), "--num-samples", "4", "--sampler", "heun",
+            "--steps", "2", "--judge-steps", "2", "--out", str(evaluation), "--quiet"]
+    assert main(args) == 0
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["nfe"] == 3 and metrics["num_samples"] == 4 and 0 <= metrics["adherence_mean"] <= 1
+    assert (run / "judge-toy-16px.npz").is_file() and (evaluation / "samples.png").is_file()
 
     # Bad input: a clear message and exit status 2, nothing written.
     bad = tmp_path / "bad.png"

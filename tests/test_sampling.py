@@ -1,43 +1,19 @@
-"""Samplers, checked against a denoiser whose answer is known in closed form.
-
-For data x0 ~ N(0, s^2 I), the best possible x0 prediction from
-x_t = a x0 + sqrt(1 - a^2) eps is E[x0 | x_t] = a s^2 / (a^2 s^2 + 1 - a^2) x_t.
-A correct sampler driven by this oracle must produce samples with standard
-deviation s.
-"""
-
-import types
+"""Samplers, checked against a denoiser whose answer is known in closed form (`minidiff.oracles`)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from minidiff.corruption import cosine_alpha_bar, cosine_schedule
-from minidiff.sampling import guided_output, sample, timestep_sequence
+from minidiff.corruption import cosine_schedule
+from minidiff.oracles import GaussianOracle, exact_ode_solution
+from minidiff.sampling import (function_evaluations, guided_output, karras_sigmas, network_time, noise_levels, sample,
+                               sigma_from_alpha_bar, timestep_sequence)
 
 DATA_STD = 0.3  # small enough that clipping x0 to [-1, 1] never matters
 
 
-class GaussianOracle(nnx.Module):
-    """Predicts x0 exactly for Gaussian data; ignores the caption."""
-
-    def __init__(self, std=DATA_STD, image_size=4):
-        self.std = std
-        self.config = types.SimpleNamespace(
-            prediction="x0", unet=types.SimpleNamespace(image_size=image_size, channels=3)
-        )
-
-    def encode_captions(self, token_ids):
-        return (jnp.zeros(token_ids.shape + (1,)),)
-
-    def denoise(self, xt, t, caption):
-        alpha_bar = cosine_alpha_bar(t).reshape(-1, 1, 1, 1)  # the cosine schedule at step t
-        return jnp.sqrt(alpha_bar) * self.std**2 / (alpha_bar * self.std**2 + 1 - alpha_bar) * xt
-
-
-@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0), ("heun", 0.0), ("dpm++2m", 0.0)])
 def test_samplers_converge_to_the_data_distribution(sampler, eta):
     """With 1000 steps the samples have the data's spread; with fewer, a discretisation
     error remains (too little variance) and it shrinks as the steps grow."""
@@ -51,6 +27,40 @@ def test_samplers_converge_to_the_data_distribution(sampler, eta):
         relative_error[steps] = abs(float(images.std()) / DATA_STD - 1)
     assert relative_error[1000] < 0.02, relative_error
     assert relative_error[1000] < relative_error[100] < relative_error[20] < 0.25, relative_error
+
+
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("heun", 2), ("dpm++2m", 2)])
+def test_ode_samplers_converge_at_their_order(sampler, order):
+    """The deterministic samplers solve the probability-flow ODE, whose solution for Gaussian
+    data is known (`exact_ode_solution`). Doubling the steps must divide the error by 2^order."""
+    std, schedule = 0.2, cosine_schedule(1000)  # std 0.2: x0 stays inside [-1, 1], so clipping never acts
+    ids = jnp.ones((64, 4), jnp.int32)
+    noise = jax.random.normal(jax.random.split(jax.random.key(0))[0], (64, 4, 4, 3))  # the noise `sample` draws
+    error = {}
+    for steps in (40, 80):
+        exact = exact_ode_solution(noise, noise_levels(schedule, sampler, steps)[0], std)
+        images = sample(GaussianOracle(std), schedule, ids, ids[:1], seed=0, num_steps=steps, sampler=sampler)
+        error[steps] = float(jnp.max(jnp.abs(images - exact)))
+    measured_order = np.log2(error[40] / error[80])
+    assert order - 0.3 < measured_order < order + 0.7, (error, measured_order)
+
+
+def test_noise_levels_and_network_time():
+    schedule = cosine_schedule(1000)
+    # DDPM and DDIM visit training steps, where the network time is exactly (t + 1) / T.
+    levels = noise_levels(schedule, "ddim", 5)
+    np.testing.assert_allclose(network_time(schedule, jnp.asarray(levels, jnp.float32)),
+                               (timestep_sequence(1000, 5) + 1) / 1000, atol=1e-5)
+    # Karras levels: from sigma = 80 down to the schedule's smallest sigma, evenly spaced in sigma^(1/7).
+    sigmas = sigma_from_alpha_bar(noise_levels(schedule, "heun", 6))
+    assert sigmas[0] == pytest.approx(80.0, rel=1e-6)
+    assert sigmas[-1] == pytest.approx(float(sigma_from_alpha_bar(np.float64(schedule.alpha_bar[0]))), rel=1e-6)
+    np.testing.assert_allclose(np.diff(sigmas ** (1 / 7)), np.diff(sigmas ** (1 / 7))[0], rtol=1e-4)
+    np.testing.assert_allclose(karras_sigmas(0.002, 80.0, 2), [80.0, 0.002])
+    # In between training steps, the time is interpolated and keeps increasing with the noise.
+    times = network_time(schedule, jnp.asarray(noise_levels(schedule, "dpm++2m", 30), jnp.float32))
+    assert np.all(np.diff(np.asarray(times)) < 0) and 0 < float(times[-1]) < float(times[0]) <= 1
+    assert [function_evaluations(s, 10) for s in ("ddpm", "ddim", "heun", "dpm++2m")] == [10, 10, 19, 10]
 
 
 def test_ddim_eta0_is_deterministic_and_seeds_matter(model, tokenizer):

@@ -1,0 +1,174 @@
+"""A small classifier trained on a dataset's labels: an offline judge of generated images.
+
+The standard judge, Inception-v3 trained on ImageNet (`inception.py`), needs
+a weights file these machines cannot download, and at 32 x 32 pixels it sees
+mostly blur. So minidiff also trains its own judge, on the real images of the
+dataset the generator learned from, to recognise what captions name: the
+embedded set's attributes (petal colour, wing colour, ...), or the class of a
+flower or bird. It shares no weights with the generator. It serves twice:
+
+  - its pooled features stand in for Inception's in a Fréchet distance
+    (`metrics.frechet_distance_of`), a domain FID that says how far generated
+    images are from real ones *as this network sees them*;
+  - its predictions say whether an image shows what its caption asked for
+    (caption adherence): the fraction recognised as the asked-for labels.
+
+A judge is only as good as its accuracy on real held-out images, so that is
+measured and reported beside every figure it produces. It is trained with a
+little added pixel noise, so that the grain of a briefly trained generator
+is not mistaken for a different class.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from minidiff.checkpoints import Checkpoint, CheckpointError, save_checkpoint
+from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
+from minidiff.model import numpy_initialised
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    image_size: int
+    heads: tuple[tuple[str, int], ...]  # (label name, number of classes) for each label it predicts
+    widths: tuple[int, ...] = (32, 64, 128)  # channels at each resolution, halving the size in between
+    groups: int = 8
+
+    @classmethod
+    def for_dataset(cls, dataset: CaptionedImages, **overrides) -> "ClassifierConfig":
+        heads = tuple((name, int(values.max()) + 1) for name, values in sorted(dataset.labels.items()) if values.max() > 0)
+        return cls(image_size=dataset.image_size, heads=heads, **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierConfig":
+        return cls(image_size=d["image_size"], heads=tuple((n, k) for n, k in d["heads"]),
+                   widths=tuple(d["widths"]), groups=d["groups"])
+
+
+class Classifier(nnx.Module):
+    """images (B, H, W, 3) in [-1, 1] -> (features (B, widths[-1]), logits of every head (B, sum of classes))."""
+
+    def __init__(self, config: ClassifierConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        widths = config.widths
+        # A 2 x 2 stride-2 stem: the network starts at half resolution, a quarter of the cost.
+        self.stem = nnx.Conv(3, widths[0], (2, 2), strides=2, rngs=rngs)
+        self.convs = nnx.List([nnx.Conv(w, w, (3, 3), rngs=rngs) for w in widths])
+        self.norms = nnx.List([nnx.GroupNorm(w, num_groups=config.groups, rngs=rngs) for w in widths])
+        # A stride-2 convolution between resolutions: halves the size, changes the width.
+        self.downs = nnx.List([nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.head = nnx.Linear(widths[-1], sum(k for _, k in config.heads), rngs=rngs)
+
+    def __call__(self, images):
+        x = self.stem(images)  # (B, H / 2, W / 2, widths[0])
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = x + jax.nn.silu(norm(conv(x)))  # (B, H / 2^(i+1), W / 2^(i+1), widths[i])
+            if i < len(self.downs):
+                x = jax.nn.silu(self.downs[i](x))
+        features = x.mean(axis=(1, 2))  # (B, widths[-1])
+        return features, self.head(features)
+
+
+def split_logits(config: ClassifierConfig, logits) -> dict[str, jax.Array]:
+    """The (B, sum of classes) logits as {label name: (B, classes)}."""
+    ends = np.cumsum([k for _, k in config.heads])
+    return {name: logits[..., end - k : end] for (name, k), end in zip(config.heads, ends)}
+
+
+def classification_loss(model: Classifier, images, labels: dict[str, jax.Array]):
+    """Cross-entropy summed over heads; a label of -1 (does not apply) counts for nothing."""
+    _, logits = model(images)
+    total = 0.0
+    for name, head_logits in split_logits(model.config, logits).items():
+        known = labels[name] >= 0
+        losses = optax.softmax_cross_entropy_with_integer_labels(head_logits, jnp.maximum(labels[name], 0))
+        total = total + jnp.sum(jnp.where(known, losses, 0.0)) / jnp.maximum(known.sum(), 1)
+    return total
+
+
+@nnx.jit
+def _train_step(model, optimizer, images_uint8, labels, key, noise_std):
+    noise_key, scale_key = jax.random.split(key)
+    images = images_uint8.astype(jnp.float32) / 127.5 - 1.0
+    # Grain of random strength (up to noise_std), and mirror images where that keeps the labels true.
+    strength = jax.random.uniform(scale_key, (images.shape[0], 1, 1, 1)) * noise_std
+    images = images + strength * jax.random.normal(noise_key, images.shape)
+    loss, grads = nnx.value_and_grad(classification_loss)(model, images, labels)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train_classifier(dataset: CaptionedImages, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
+                     noise_std: float = 0.15, seed: int = 0, progress: bool = True, **config_overrides) -> Classifier:
+    """Train a judge on every label of `dataset` (its images and labels; captions are not used)."""
+    from tqdm.auto import tqdm
+
+    config = ClassifierConfig.for_dataset(dataset, **config_overrides)
+    if not config.heads:
+        raise ValueError(f"{dataset.name} has no labels with two or more classes to train a judge on")
+    model = numpy_initialised(lambda rngs: Classifier(config, rngs=rngs), seed)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps)
+    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
+    key = jax.random.key(seed)
+    label_arrays = {name: dataset.labels[name] for name, _ in config.heads}
+    bar = tqdm(range(steps), desc="training the judge", disable=not progress)
+    for step in bar:
+        index = batch_indices(len(dataset), batch_size, seed, step)
+        images = dataset.images[index]
+        if dataset.flip_ok:
+            images = mirror_some(images, seed, step)
+        key, step_key = jax.random.split(key)
+        loss = _train_step(model, optimizer, jnp.asarray(images), {n: jnp.asarray(v[index]) for n, v in label_arrays.items()},
+                           step_key, jnp.float32(noise_std))
+        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+    return model
+
+
+@nnx.jit
+def _features_and_predictions(model: Classifier, images_uint8):
+    features, logits = model(images_uint8.astype(jnp.float32) / 127.5 - 1.0)
+    return features, {name: jnp.argmax(head, -1) for name, head in split_logits(model.config, logits).items()}
+
+
+def features_and_predictions(model: Classifier, images_uint8, batch_size: int = 256):
+    """Features (N, F) and {label name: predicted class (N,)} for uint8 images (N, H, W, 3)."""
+    images_uint8 = np.asarray(images_uint8)
+    expected = (model.config.image_size, model.config.image_size, 3)
+    if images_uint8.shape[1:] != expected:
+        raise ValueError(f"the judge was trained on {expected} images, got {images_uint8.shape[1:]}")
+    features, predictions = [], []
+    for start in range(0, len(images_uint8), batch_size):
+        f, p = _features_and_predictions(model, jnp.asarray(images_uint8[start : start + batch_size]))
+        features.append(np.asarray(f))
+        predictions.append({k: np.asarray(v) for k, v in p.items()})
+    return np.concatenate(features), {k: np.concatenate([p[k] for p in predictions]) for k in predictions[0]}
+
+
+def label_agreement(predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per label, the fraction of images (where the label applies) predicted as that label."""
+    scores = {}
+    for name, predicted in predictions.items():
+        known = labels[name] >= 0
+        if known.any():
+            scores[name] = float(np.mean(predicted[known] == labels[name][known]))
+    return scores
+
+
+def save_classifier(model: Classifier, path) -> Path:
+    return save_checkpoint(path, {"classifier_config": dataclasses.asdict(model.config)}, classifier=model)
+
+
+def load_classifier(path) -> Classifier:
+    checkpoint = Checkpoint(path)
+    if "classifier_config" not in checkpoint.header:
+        raise CheckpointError(f"{path} is not a judge (classifier) file; it may be a generator checkpoint")
+    config = ClassifierConfig.from_dict(checkpoint.header["classifier_config"])
+    model = numpy_initialised(lambda rngs: Classifier(config, rngs=rngs))
+    checkpoint.restore("classifier", model)
+    return model

@@ -1,0 +1,41 @@
+"""A denoiser whose answer is known in closed form, for checking samplers.
+
+For data x0 ~ N(0, s^2 I), the best possible x0 prediction from
+x_t = a x0 + sqrt(1 - a^2) eps (a = sqrt(alpha_bar)) is linear:
+
+    E[x0 | x_t] = a s^2 / (a^2 s^2 + 1 - a^2) x_t.
+
+Driven by it, a correct sampler must produce samples with standard deviation s,
+and a deterministic one must carry each starting noise to a point we can
+compute: the probability-flow ODE keeps x_t / a = x0 + sigma eps on the path
+sqrt(s^2 + sigma^2) z, with sigma^2 = (1 - alpha_bar) / alpha_bar.
+"""
+
+import types
+
+import jax.numpy as jnp
+from flax import nnx
+
+from minidiff.corruption import cosine_alpha_bar
+
+
+class GaussianOracle(nnx.Module):
+    """Predicts x0 exactly for Gaussian data of standard deviation `std` under the cosine
+    schedule; has the interface samplers call (`encode_captions`, `denoise`) and ignores captions."""
+
+    def __init__(self, std: float = 0.3, image_size: int = 4):
+        self.std = std
+        self.config = types.SimpleNamespace(prediction="x0", unet=types.SimpleNamespace(image_size=image_size, channels=3))
+
+    def encode_captions(self, token_ids):
+        return (jnp.zeros(token_ids.shape + (1,)),)
+
+    def denoise(self, xt, t, caption):
+        alpha_bar = cosine_alpha_bar(t).reshape(-1, 1, 1, 1)  # the cosine schedule at network time t
+        return jnp.sqrt(alpha_bar) * self.std**2 / (alpha_bar * self.std**2 + 1 - alpha_bar) * xt
+
+
+def exact_ode_solution(noise, alpha_bar_start, std: float):
+    """Where the probability-flow ODE carries x = noise, started at noise level alpha_bar_start."""
+    sigma_start_squared = (1 - alpha_bar_start) / alpha_bar_start
+    return noise / alpha_bar_start**0.5 * std / (std**2 + sigma_start_squared) ** 0.5
