@@ -92,14 +92,15 @@ def judge_metrics(judge: Classifier, generated, reference: CaptionedImages) -> d
     }
 
 
-def inception_metrics(inception, generated, real_images, batch_size: int = 50) -> dict:
-    """FID, KID and IS with the FID Inception network (see inception.py)."""
+def inception_metrics(inception, generated, real_images, batch_size: int = 50, resize: bool = True) -> dict:
+    """FID, KID and IS with the FID Inception network (see inception.py), from uint8 images."""
     from minidiff.inception import inception_outputs
 
     def outputs(images_uint8):
         features, probabilities = [], []
         for start in range(0, len(images_uint8), batch_size):
-            f, p = inception_outputs(inception, np.asarray(images_uint8[start : start + batch_size], np.float32) / 127.5 - 1)
+            batch = np.asarray(images_uint8[start : start + batch_size], np.float32) / 127.5 - 1
+            f, p = inception_outputs(inception, batch, resize=resize)
             features.append(np.asarray(f))
             probabilities.append(np.asarray(p))
         return np.concatenate(features), np.concatenate(probabilities)

@@ -105,7 +105,7 @@ def inception_score(probabilities, num_splits: int = 10) -> tuple[float, float]:
     if p.ndim != 2 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
         raise ValueError("inception_score needs class probabilities (N, K) whose rows sum to 1")
     scores = []
-    for part in np.array_split(p, num_splits):
+    for part in np.array_split(p, min(num_splits, len(p))):  # no empty parts when N < num_splits
         marginal = part.mean(0, keepdims=True)
         # 0 log 0 = 0: classes an image gives no probability add nothing.
         kl = np.sum(np.where(part > 0, part * (np.log(np.where(part > 0, part, 1.0)) - np.log(marginal + 1e-30)), 0.0), 1)

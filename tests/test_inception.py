@@ -34,8 +34,8 @@ def _random_state_dict(shapes, seed=0):
     rng = np.random.default_rng(seed)
     state = {}
     for name, shape in shapes.items():
-        if name.endswith("running_var"):
-            state[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        if name.endswith(("running_var", "bn.weight")):  # near 1, so activations keep their scale through ~95 layers
+            state[name] = rng.uniform(0.8, 1.2, shape).astype(np.float32)
         elif name.endswith("conv.weight") or name == "fc.weight":
             fan_in = math.prod(shape[1:])
             state[name] = (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
@@ -45,14 +45,19 @@ def _random_state_dict(shapes, seed=0):
     return state
 
 
-def test_loads_a_state_dict_and_gives_features_and_logits(shapes, tmp_path):
-    state = _random_state_dict(shapes)
+@pytest.fixture(scope="module")
+def state(shapes):
+    return _random_state_dict(shapes)
+
+
+def test_loads_a_state_dict_and_gives_features_and_logits(state, tmp_path):
     np.savez(tmp_path / "weights.npz", **state)
     model = from_torch_state_dict(read_weights(tmp_path / "weights.npz"))
     images = jax.random.uniform(jax.random.key(0), (2, 75, 75, 3), minval=-1, maxval=1)
     features, logits = model(images, resize=False)  # 75 x 75 is the smallest input the network takes
     assert features.shape == (2, 2048) and logits.shape == (2, 1008)
     assert np.all(np.isfinite(features)) and np.all(np.asarray(features) >= 0)  # pooled ReLUs
+    assert float(np.std(np.asarray(features))) > 1e-3  # the signal survives the depth
     # The PyTorch layout (out, in, h, w) is transposed, not reshaped: one output of the
     # first convolution (no padding, stride 2), recomputed by hand.
     weight = state["Conv2d_1a_3x3.conv.weight"]
@@ -84,3 +89,15 @@ def test_rejects_a_file_with_wrong_names_or_shapes(shapes, tmp_path):
     assert not (tmp_path / "out.npz").exists()
     with pytest.raises(FileNotFoundError, match="download"):
         read_weights(tmp_path / "missing.pth")
+
+
+def test_fid_kid_and_is_from_the_network(state):
+    from minidiff.evaluation import inception_metrics
+
+    model = from_torch_state_dict(state)
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (6, 75, 75, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (6, 75, 75, 3), dtype=np.uint8) // 4  # darker images
+    same = inception_metrics(model, real, real, batch_size=3, resize=False)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3) and 1.0 <= same["inception_score"] <= 1008
+    assert inception_metrics(model, other, real, batch_size=3, resize=False)["fid"] > 1.0

@@ -69,5 +69,7 @@ def test_inception_score_of_uniform_and_confident_predictions():
     assert inception_score(one_hot_spread, num_splits=4)[0] == pytest.approx(k)
     one_class = np.eye(k)[np.zeros(100, int)]  # confident but never varied
     assert inception_score(one_class)[0] == pytest.approx(1.0)
+    # Fewer images than parts: one image per part, nothing varies within a part (not NaN).
+    assert inception_score(one_hot_spread[:3], num_splits=10) == (pytest.approx(1.0), pytest.approx(0.0))
     with pytest.raises(ValueError, match="sum to 1"):
         inception_score(np.ones((4, 3)))
