@@ -27,18 +27,28 @@ class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, or does not fit the model."""
 
 
+def _to_host(value) -> np.ndarray:
+    # In a multi-host run a replicated array spans devices this process cannot read;
+    # its local copy is the whole array.
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        value = value.addressable_data(0)
+    return np.asarray(value)
+
+
 def _flat_arrays(prefix: str, state) -> dict[str, np.ndarray]:
-    return {
-        prefix + "/" + "/".join(map(str, path)): np.asarray(variable.get_value())
-        for path, variable in nnx.to_flat_state(state)
-    }
+    return {prefix + "/" + "/".join(map(str, path)): _to_host(variable.get_value()) for path, variable in nnx.to_flat_state(state)}
 
 
 def save_checkpoint(path, header: dict, **modules) -> Path:
-    """Save the state of each named module (model, ema, optimizer...) and a JSON header."""
+    """Save the state of each named module (model, ema, optimizer...) and a JSON header.
+
+    In a multi-host run only the first process writes (they all hold the same replicated values).
+    """
     arrays = {"header": np.array(json.dumps({"format_version": FORMAT_VERSION, **header}))}
     for name, module in modules.items():
         arrays.update(_flat_arrays(name, nnx.state(module)))
+    if jax.process_index() != 0:
+        return Path(path)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 

@@ -70,6 +70,7 @@ def _train_config(args, horizontal_flip: bool):
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, horizontal_flip=horizontal_flip,
+        precision=args.precision,
     )
 
 
@@ -88,6 +89,11 @@ def _captions_to_show(dataset, tokenizer, preferred, count=4):
 
 def run_training(args, captions_to_show=DEMO_CAPTIONS):
     """Train as `minidiff train` does; returns the final TrainState."""
+    if args.multi_host:
+        from minidiff.sharding import initialize_distributed
+
+        initialize_distributed()
+        args.data_parallel = True
     from minidiff.captions import Tokenizer
     from minidiff.checkpoints import Checkpoint
     from minidiff.corruption import make_schedule
@@ -123,8 +129,18 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
                       title=f"step {state.step}: ddim, 25 steps, guidance 3")
         save_loss_curve(state.losses, out / "loss.png")
 
+    mesh = None
+    if args.data_parallel:
+        import jax
+
+        from minidiff.sharding import data_mesh
+
+        mesh = data_mesh()
+        print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
+              f"{config.batch_size // mesh.size} images per device per step")
     out.mkdir(parents=True, exist_ok=True)
-    return train(state, dataset, out_dir=out, on_report=report if args.sample_every else None, progress=not args.quiet)
+    return train(state, dataset, out_dir=out, on_report=report if args.sample_every else None, progress=not args.quiet,
+                 mesh=mesh)
 
 
 def cmd_train(args):
@@ -246,6 +262,12 @@ def _add_training_options(p, steps, out, sample_every):
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (to --steps)")
     p.add_argument("--sample-every", type=int, default=sample_every, help="steps between sample grids, 0 = none during training (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints (default: %(default)s)")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                   help="bfloat16: mixed precision (bf16 compute, float32 master weights), for GPUs and TPUs (default: %(default)s)")
+    p.add_argument("--data-parallel", action="store_true", help="split each batch over every device (GPUs, TPU cores); "
+                   "the batch size must be a multiple of the device count")
+    p.add_argument("--multi-host", action="store_true", help="join a multi-host run first (jax.distributed.initialize); "
+                   "implies --data-parallel over every host's devices")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -203,7 +203,7 @@ class UNet(nnx.Module):
 
     def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
         c = self.config
-        cond = noise_level_embedding(t, c.cond_dim)
+        cond = noise_level_embedding(t, c.cond_dim).astype(xt.dtype)  # bfloat16 too, under mixed precision
         cond = self.cond_out(jax.nn.silu(self.cond_in(cond))) + self.caption_to_cond(caption_pooled)  # (B, cond_dim)
         caption = (caption_tokens, caption_mask)
 

@@ -92,3 +92,19 @@ def test_caption_dropout_rate():
     dropped = drop_captions(jax.random.key(0), ids, empty, 0.1)
     rate = float(jnp.all(dropped == empty, axis=1).mean())
     assert rate == pytest.approx(0.1, abs=0.01)
+
+
+def test_bfloat16_mixed_precision_keeps_float32_weights_and_matches_the_loss(dataset, tokenizer, model_config):
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        config = dataclasses.replace(TINY_TRAIN, precision=precision)  # float32: the step other tests compile
+        runs[precision] = train(new_train_state(model_config, tokenizer, config), dataset, progress=False)
+    params = jax.tree.leaves(nnx.state(runs["bfloat16"].model, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)  # the master weights
+    fp32, bf16 = ([loss for _, loss in runs[p].losses] for p in ("float32", "bfloat16"))
+    # Same data, noise and initial weights: the losses differ only by bfloat16 rounding (~3 significant digits).
+    np.testing.assert_allclose(bf16, fp32, rtol=0.03)
+    assert bf16 != fp32  # bfloat16 really was used
+    with pytest.raises(ValueError, match="unknown precision"):
+        train(new_train_state(model_config, tokenizer, dataclasses.replace(TINY_TRAIN, precision="float16")), dataset,
+              progress=False)
