@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from minidiff.cli import _judge_path, _load_sampling_model
 from minidiff.compilation import enable_compilation_cache
-from minidiff.evaluation import load_or_train_judge, reference_set, sampler_sweep
+from minidiff.evaluation import judge_path_beside, load_or_train_judge, reference_set, sampler_sweep
+from minidiff.training import load_for_sampling
 
 SETTINGS = [("ddpm", 1000), ("ddpm", 50), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("heun", 6), ("heun", 11),
             ("dpm++2m", 10), ("dpm++2m", 20)]
@@ -35,11 +35,12 @@ def main():
     args = parser.parse_args()
     enable_compilation_cache()
 
-    model, tokenizer, schedule = _load_sampling_model(args.checkpoint)
+    model, tokenizer, schedule = load_for_sampling(args.checkpoint)
     reference = reference_set(args.dataset, model.config.unet.image_size, args.num_samples, data_dir=args.data_dir)
     size = model.config.unet.image_size
-    judge = load_or_train_judge(_judge_path(args, args.dataset, size), args.dataset, size, data_dir=args.data_dir,
-                                steps=args.judge_steps, must_exist=bool(args.judge), progress=not args.quiet)
+    judge = load_or_train_judge(args.judge or judge_path_beside(args.checkpoint, args.dataset, size), args.dataset, size,
+                                data_dir=args.data_dir, steps=args.judge_steps, must_exist=bool(args.judge),
+                                progress=not args.quiet)
     rows = sampler_sweep(model, tokenizer, schedule, reference, judge, SETTINGS, num_samples=args.num_samples,
                          guidance_scale=args.guidance, progress=not args.quiet)
     baseline = rows[0]["judge_fd"]

@@ -24,22 +24,6 @@ DEMO_CAPTIONS = (
 )
 
 
-def _load_sampling_model(checkpoint_path, use_ema: bool = True):
-    """(model, tokenizer, schedule) from a checkpoint, with EMA weights unless told otherwise."""
-    from minidiff.captions import Tokenizer
-    from minidiff.checkpoints import Checkpoint
-    from minidiff.corruption import make_schedule
-    from minidiff.model import ModelConfig, create_model
-
-    checkpoint = Checkpoint(checkpoint_path)
-    header = checkpoint.header
-    model = create_model(ModelConfig.from_dict(header["model_config"]))
-    checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
-    train_config = header["train_config"]
-    schedule = make_schedule(train_config["schedule"], train_config["num_timesteps"])
-    return model, Tokenizer.from_dict(header["tokenizer"]), schedule
-
-
 def generate_grid(model, tokenizer, schedule, captions, path, *, per_caption=6, sampler="ddim", steps=50,
                   guidance=3.0, eta=0.0, seed=0, title=None):
     """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
@@ -152,7 +136,9 @@ def cmd_train(args):
 
 
 def cmd_sample(args):
-    model, tokenizer, schedule = _load_sampling_model(args.checkpoint, use_ema=not args.no_ema)
+    from minidiff.training import load_for_sampling
+
+    model, tokenizer, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
     for caption in args.caption:
         tokenizer.encode(caption)  # fail early, with a clear message, on an empty or too long caption
     generate_grid(model, tokenizer, schedule, args.caption, args.out, per_caption=args.per_caption,
@@ -178,8 +164,9 @@ def cmd_demo(args):
 
 def cmd_adherence(args):
     from minidiff.adherence import measure_adherence
+    from minidiff.training import load_for_sampling
 
-    model, tokenizer, schedule = _load_sampling_model(args.checkpoint)
+    model, tokenizer, schedule = load_for_sampling(args.checkpoint)
     results = {}
     for split in ("test", "held_out"):
         for guidance in args.guidance:
@@ -194,23 +181,20 @@ def cmd_adherence(args):
         print(f"wrote {args.out}")
 
 
-def _judge_path(args, dataset_name: str, image_size: int) -> Path:
-    """--judge if given, else a judge file kept beside the checkpoint."""
-    return Path(args.judge) if args.judge else Path(args.checkpoint).parent / f"judge-{dataset_name}-{image_size}px.npz"
-
-
 def cmd_evaluate(args):
     import numpy as np
 
     from minidiff.atomic import atomic_write
-    from minidiff.evaluation import evaluate, load_or_train_judge, reference_set
+    from minidiff.evaluation import evaluate, judge_path_beside, load_or_train_judge, reference_set
     from minidiff.plotting import captioned_grid, save_figure
+    from minidiff.training import load_for_sampling
 
-    model, tokenizer, schedule = _load_sampling_model(args.checkpoint)
+    model, tokenizer, schedule = load_for_sampling(args.checkpoint)
     size = model.config.unet.image_size
     reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
-    judge = load_or_train_judge(_judge_path(args, args.dataset, size), args.dataset, size, data_dir=args.data_dir,
-                                steps=args.judge_steps, must_exist=bool(args.judge), progress=not args.quiet)
+    judge = load_or_train_judge(args.judge or judge_path_beside(args.checkpoint, args.dataset, size), args.dataset, size,
+                                data_dir=args.data_dir, steps=args.judge_steps, must_exist=bool(args.judge),
+                                progress=not args.quiet)
     inception = None
     if args.inception:
         from minidiff.inception import load_fid_inception

@@ -36,6 +36,13 @@ def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=N
     return reference.subset(np.arange(min(num_images, len(reference))))
 
 
+def judge_path_beside(checkpoint, dataset_name: str, image_size: int):
+    """Where a generator's judge is kept: beside its checkpoint, named by dataset and size."""
+    from pathlib import Path
+
+    return Path(checkpoint).parent / f"judge-{dataset_name}-{image_size}px.npz"
+
+
 def load_or_train_judge(path, dataset_name: str, image_size: int, data_dir=None, steps: int = 800,
                         must_exist: bool = False, progress: bool = True) -> Classifier:
     """The judge saved at `path`; if there is none, one trained on the dataset's train split and saved there."""

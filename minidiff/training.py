@@ -202,6 +202,16 @@ def resume_train_state(path, config: TrainConfig | None = None) -> TrainState:
     return state
 
 
+def load_for_sampling(path, use_ema: bool = True):
+    """(model, tokenizer, schedule) from a checkpoint, with the EMA weights unless told otherwise."""
+    checkpoint = Checkpoint(path)
+    header = checkpoint.header
+    model = create_model(ModelConfig.from_dict(header["model_config"]))
+    checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
+    train_config = header["train_config"]
+    return model, Tokenizer.from_dict(header["tokenizer"]), make_schedule(train_config["schedule"], train_config["num_timesteps"])
+
+
 def tokenize_dataset(dataset: CaptionedImages, tokenizer: Tokenizer):
     """All captions as ids once, (N, max captions per image, L), and each image's caption count."""
     counts = np.array([len(c) for c in dataset.captions])
