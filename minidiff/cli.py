@@ -217,6 +217,22 @@ def cmd_evaluate(args):
     print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
 
 
+def cmd_bench(args):
+    from minidiff.atomic import atomic_write
+    from minidiff.benchmark import TABLE_HEADER, benchmark, format_row
+
+    rows = []
+    print(TABLE_HEADER)
+    for preset_name in args.preset:
+        for size in args.image_size:
+            rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision))
+            print(format_row(rows[-1]), flush=True)
+    print(f"device: {rows[-1]['device']}")
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(json.dumps(rows, indent=2).encode()))
+        print(f"wrote {args.out}")
+
+
 # --- Arguments ---------------------------------------------------------------------
 
 
@@ -323,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="runs/evaluation", help="folder for metrics.json and samples.png (default: %(default)s)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(run=cmd_evaluate)
+
+    from minidiff.model import PRESETS
+
+    bench = commands.add_parser("bench", help="time training and sampling of model presets on this machine",
+                                description="Train-step and sampling images/s, compile time, FLOP/s, MFU (where the "
+                                "device's peak is known) and peak memory, per preset and image size.")
+    bench.add_argument("--preset", nargs="+", default=["small"], choices=PRESETS, help="presets to time (default: small)")
+    bench.add_argument("--image-size", type=int, nargs="+", default=[32], help="image sizes (default: 32)")
+    bench.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    bench.add_argument("--steps", type=int, default=10, help="timed train steps after the compiling one (default: %(default)s)")
+    bench.add_argument("--precision", default="float32", choices=("float32", "bfloat16"), help="(default: %(default)s)")
+    bench.add_argument("--out", help="also write the results to this JSON file")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 

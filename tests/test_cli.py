@@ -7,7 +7,7 @@ from minidiff.cli import build_parser, main
 
 def test_help_explains_every_command_and_option(capsys):
     parser = build_parser()
-    for command in ("demo", "train", "sample", "adherence", "evaluate"):
+    for command in ("demo", "train", "sample", "adherence", "evaluate", "bench"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         text = capsys.readouterr().out
