@@ -33,7 +33,10 @@ def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=N
         kinds = {"toy": ("flowers", "birds"), "toy-flowers": ("flowers",), "toy-birds": ("birds",)}[name]
         return toy_dataset(kinds, split=split or "test", num_images=num_images, image_size=image_size, seed=seed + 1000)
     reference = load_dataset(name, split or "eval", image_size=image_size, data_dir=data_dir)
-    return reference.subset(np.arange(min(num_images, len(reference))))
+    # A seeded random choice, not the first N: the files are ordered by class, and the first N
+    # would cover only a few classes.
+    chosen = np.random.default_rng(seed).permutation(len(reference))[:num_images]
+    return reference.subset(chosen)
 
 
 def judge_path_beside(checkpoint, dataset_name: str, image_size: int):
