@@ -175,8 +175,8 @@ def dpm_solver_2m_step(xt, x0_pred, previous_x0, alpha_bar_t, alpha_bar_s, previ
     """One step of DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2); returns (x_s, h).
 
     With lambda = -log sigma and h = lambda_s - lambda_t, the exact solution of the
-    ODE is x_s = (sigma_s / sigma_t) x_t + (1 - e^-h) x0 if x0 were constant over
-    the step (that is DDIM). The 2M step instead extrapolates x0 linearly in lambda
+    ODE in the scaled variable y = x / sqrt(alpha_bar) is y_s = (sigma_s / sigma_t) y_t
+    + (1 - e^-h) x0 if x0 were constant over the step (that is DDIM). The 2M step instead extrapolates x0 linearly in lambda
     from the previous step's prediction: D = (1 + 1 / 2r) x0 - (1 / 2r) x0_previous,
     r = h_previous / h. On the first step (previous_h = 0) it is plain DDIM.
     """
