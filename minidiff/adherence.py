@@ -18,7 +18,6 @@ beak colours, facing and background. Not measured: petal count and size.
 
 import numpy as np
 
-from minidiff.datasets.base import to_uint8
 from minidiff.datasets.toy import BIRD_ATTRIBUTES, COLOURS, FLOWER_ATTRIBUTES, KINDS
 
 ALL_BACKGROUNDS = ("green", "gray", "sky blue", "sand")
@@ -158,14 +157,10 @@ def measure_adherence(model, tokenizer, schedule, split: str = "test", num_image
     `split` ("test": attribute pairs seen in training; "held_out": pairs never seen)
     and score them with `adherence`."""
     from minidiff.datasets.toy import toy_dataset
-    from minidiff.sampling import sample
+    from minidiff.evaluation import generate
 
     size = model.config.unet.image_size
     reference = toy_dataset(split=split, num_images=num_images, image_size=size, seed=seed + 1000)
-    ids = tokenizer.encode_batch([c[0] for c in reference.captions], truncate=True)
-    images = []
-    for start in range(0, num_images, batch_size):
-        batch = sample(model, schedule, ids[start : start + batch_size], tokenizer.empty(1), seed + start,
-                       num_steps=num_steps, guidance_scale=guidance_scale)
-        images.append(to_uint8(np.asarray(batch)))
-    return adherence(np.concatenate(images), reference.labels, reference.label_names)
+    images = generate(model, tokenizer, schedule, [c[0] for c in reference.captions], num_steps=num_steps,
+                      guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, progress=False)
+    return adherence(images, reference.labels, reference.label_names)
