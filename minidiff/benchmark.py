@@ -12,6 +12,10 @@ For one (preset, image size, batch size) it measures:
     peak resident memory on a CPU.
 
 The data are the embedded set's images, so nothing is read from disk while timing.
+
+With `pytorch=True` it also times the same network built from HF diffusers
+(`minidiff.pytorch_peer`, the `bench` extra) on the same batch and device, and
+reports minidiff's train images/s as a multiple of the peer's.
 """
 
 import resource
@@ -21,13 +25,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from minidiff.captions import Tokenizer
 from minidiff.corruption import make_schedule
 from minidiff.datasets import toy_dataset
 from minidiff.model import count_parameters, preset
 from minidiff.sampling import sample
-from minidiff.training import TrainConfig, new_train_state, train_step
+from minidiff.training import TrainConfig, diffusion_loss, new_train_state, train_step
 
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
@@ -53,9 +58,8 @@ def peak_memory_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
 
 
-def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
-              sampling: bool = True) -> dict:
-    """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
+def _setup(preset_name: str, image_size: int, batch_size: int, precision: str):
+    """A fresh train state and one batch of the embedded set, on the device."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
     model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length)
@@ -65,10 +69,53 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     images = jnp.asarray(data.images[:batch_size])
     ids = jnp.asarray(tokenizer.encode_batch([c[0] for c in data.captions[:batch_size]], truncate=True))
     empty = jnp.asarray(tokenizer.empty(1)[0])
+    return state, schedule, images, ids, empty
+
+
+def _flops(jitted, *args, **kwargs) -> float:
+    """XLA's count of the floating-point operations of one call of a jitted function."""
+    cost = jitted.lower(*args, **kwargs).cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+
+
+def _median_seconds(run, repeats: int) -> float:
+    jax.block_until_ready(run())  # compiles
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: int = 5,
+                   precision: str = "float32") -> dict:
+    """Where a train step's time goes: {part: (seconds, FLOPs)} for the forward pass (the
+    loss), the backward pass (the gradients), and the update (gradient clipping, AdamW, EMA),
+    each measured as the difference between nested compiled programs."""
+    state, schedule, images, ids, empty = _setup(preset_name, image_size, batch_size, precision)
+    config = state.config
+    x0 = images.astype(jnp.float32) / 127.5 - 1.0
+    key = jax.random.key(0)
+    forward = nnx.jit(lambda m, *a: diffusion_loss(m, *a, config))
+    gradients = nnx.jit(lambda m, *a: nnx.value_and_grad(diffusion_loss)(m, *a, config))
+    loss_args = (state.model, schedule, x0, ids, key)
+    step_args = (state.model, state.optimizer, state.ema, schedule, images, ids, empty, key)
+    f_s, f_flops = _median_seconds(lambda: forward(*loss_args), repeats), _flops(forward, *loss_args)
+    g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
+    s_s = _median_seconds(lambda: train_step(*step_args, config=config), repeats)
+    s_flops = _flops(train_step, *step_args, config=config)
+    return {"forward": (f_s, f_flops), "backward": (g_s - f_s, g_flops - f_flops), "update": (s_s - g_s, s_flops - g_flops)}
+
+
+def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
+              sampling: bool = True, pytorch: bool = False) -> dict:
+    """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
+    state, schedule, images, ids, empty = _setup(preset_name, image_size, batch_size, precision)
+    config, model_config = state.config, state.model.config
     args = (state.model, state.optimizer, state.ema, schedule, images, ids, empty)
 
-    cost = train_step.lower(*args, jax.random.key(0), config=config).cost_analysis()
-    flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    flops = _flops(train_step, *args, jax.random.key(0), config=config)
     start = time.perf_counter()
     jax.block_until_ready(train_step(*args, jax.random.key(0), config=config))
     compile_seconds = time.perf_counter() - start
@@ -89,23 +136,43 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
         "mfu": flops / step_seconds / peak if peak and flops else None,
     }
     if sampling:
-        run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0))  # noqa: E731
+        run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0))
         run()  # compiles
         start = time.perf_counter()
         run()
         result["sample_images_per_s"] = batch_size / (time.perf_counter() - start)
     result["peak_memory_gb"] = peak_memory_bytes(device) / 1e9
+    if pytorch:
+        from minidiff.pytorch_peer import benchmark_peer
+
+        peer = benchmark_peer(model_config, np.asarray(images), np.asarray(ids), np.asarray(empty),
+                              steps=steps, precision=precision, sampling=sampling)
+        result |= peer
+        result["speedup"] = result["train_images_per_s"] / peer["peer_train_images_per_s"]
+        result["peer_mfu"] = flops / peer["peer_step_s"] / peak if peak and flops else None
     return result
 
 
+def _percent(x):
+    return f"{x:.0%}" if x is not None else "n/a"
+
+
 def format_row(r: dict) -> str:
-    mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "n/a"
     sampling = f"{r['sample_images_per_s']:.0f}" if "sample_images_per_s" in r else "-"
-    return (f"| {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['precision']} | {r['parameters'] / 1e6:.1f} M "
-            f"| {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} | {r['achieved_tflop_per_s']:.3f} "
-            f"| {mfu} | {r['peak_memory_gb']:.1f} |")
+    row = (f"| {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['precision']} | {r['parameters'] / 1e6:.1f} M "
+           f"| {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} | {r['achieved_tflop_per_s']:.3f} "
+           f"| {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
+    if "speedup" in r:
+        peer_sampling = f"{r['peer_sample_images_per_s']:.0f}" if "peer_sample_images_per_s" in r else "-"
+        row += (f" {r['peer_parameters'] / 1e6:.1f} M | {r['peer_train_images_per_s']:.1f} | {peer_sampling} "
+                f"| {_percent(r['peer_mfu'])} | **{r['speedup']:.2f}x** |")
+    return row
 
 
-TABLE_HEADER = ("| preset | px | batch | precision | params | compile s | train img/s | sample img/s | TFLOP/s | MFU | peak GB |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|")
-
+def table_header(pytorch: bool = False) -> str:
+    names = ["preset", "px", "batch", "precision", "params", "compile s", "train img/s", "sample img/s", "TFLOP/s",
+             "MFU", "peak GB"]
+    if pytorch:
+        names += ["diffusers params", "diffusers train img/s", "diffusers sample img/s", "diffusers MFU",
+                  "minidiff / diffusers (train)"]
+    return "| " + " | ".join(names) + " |\n" + "|---" * len(names) + "|"

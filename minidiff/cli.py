@@ -219,13 +219,20 @@ def cmd_evaluate(args):
 
 def cmd_bench(args):
     from minidiff.atomic import atomic_write
-    from minidiff.benchmark import TABLE_HEADER, benchmark, format_row
+    from minidiff.benchmark import benchmark, format_row, table_header
 
+    if args.pytorch:
+        try:
+            import diffusers  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"--pytorch needs PyTorch and diffusers ({e}): pip install \"minidiff[bench]\"") from None
     rows = []
-    print(TABLE_HEADER)
+    print(table_header(args.pytorch))
     for preset_name in args.preset:
         for size in args.image_size:
-            rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision))
+            rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision,
+                                  pytorch=args.pytorch))
             print(format_row(rows[-1]), flush=True)
     print(f"device: {rows[-1]['device']}")
     if args.out:
@@ -350,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
     bench.add_argument("--steps", type=int, default=10, help="timed train steps after the compiling one (default: %(default)s)")
     bench.add_argument("--precision", default="float32", choices=("float32", "bfloat16"), help="(default: %(default)s)")
+    bench.add_argument("--pytorch", action="store_true", help="also time the same network built from HF diffusers "
+                       "(PyTorch) on the same device, and print the ratio (needs the bench extra: pip install \"minidiff[bench]\")")
     bench.add_argument("--out", help="also write the results to this JSON file")
     bench.set_defaults(run=cmd_bench)
     return parser

@@ -9,8 +9,8 @@ The network (Ronneberger et al. 2015, as adapted for diffusion by Ho et al.
 and predicts eps, x0 or v (see `minidiff.corruption.x0_and_eps`), shaped like x_t.
 
 Reading order, smallest piece first: the noise-level embedding, a residual
-block, an attention block (self-attention over image positions, then
-cross-attention from image positions to caption tokens), the down and up
+block, an attention block (self-attention over image positions,
+cross-attention from image positions to caption tokens, a feed-forward), the down and up
 levels, and the whole U-Net.
 
 A "patch" stem folds each p x p patch of pixels into channels (space to
@@ -86,25 +86,38 @@ class ResidualBlock(nnx.Module):
 
 
 class AttentionBlock(nnx.Module):
-    """Self-attention over image positions, then cross-attention to the caption.
+    """A transformer over image positions: self-attention, cross-attention to the caption, a feed-forward.
 
     Self-attention lets distant parts of the image agree (both wings the same
     colour); cross-attention is where each image position looks up the words
-    that concern it (Rombach et al. 2022, sec. 3.3).
+    that concern it; the feed-forward then works on what each position has
+    gathered. This is Stable Diffusion's "spatial transformer" (Rombach et al.
+    2022, sec. 3.3 and appendix): GroupNorm, a projection in, three pre-norm
+    residual sub-layers, a projection out, and a residual around it all.
     """
 
     def __init__(self, channels: int, caption_dim: int, heads: int, groups: int, *, rngs: nnx.Rngs):
-        self.norm_self = nnx.GroupNorm(channels, num_groups=min(groups, channels), rngs=rngs)
+        self.norm = nnx.GroupNorm(channels, num_groups=min(groups, channels), rngs=rngs)
+        self.project_in = nnx.Linear(channels, channels, rngs=rngs)
+        self.norm_self = nnx.LayerNorm(channels, rngs=rngs)
         self.self_attention = MultiHeadAttention(channels, channels, heads, rngs=rngs)
         self.norm_cross = nnx.LayerNorm(channels, rngs=rngs)
         self.cross_attention = MultiHeadAttention(channels, caption_dim, heads, rngs=rngs)
+        self.norm_mlp = nnx.LayerNorm(channels, rngs=rngs)
+        # GEGLU (Shazeer 2020): a 4x wider hidden layer, gated by GELU of a second projection.
+        self.mlp_in = nnx.Linear(channels, 2 * 4 * channels, rngs=rngs)
+        self.mlp_out = nnx.Linear(4 * channels, channels, rngs=rngs)
+        self.project_out = nnx.Linear(channels, channels, rngs=rngs)
 
     def __call__(self, x, caption_tokens, caption_mask):
         b, h, w, c = x.shape
-        tokens = self.norm_self(x).reshape(b, h * w, c)  # (B, HW, C)
-        x = x + self.self_attention(tokens, tokens).reshape(b, h, w, c)
-        tokens = self.norm_cross(x.reshape(b, h * w, c))
-        return x + self.cross_attention(tokens, caption_tokens, caption_mask).reshape(b, h, w, c)
+        tokens = self.project_in(self.norm(x).reshape(b, h * w, c))  # (B, HW, C)
+        t = self.norm_self(tokens)
+        tokens = tokens + self.self_attention(t, t)
+        tokens = tokens + self.cross_attention(self.norm_cross(tokens), caption_tokens, caption_mask)
+        hidden, gate = jnp.split(self.mlp_in(self.norm_mlp(tokens)), 2, axis=-1)
+        tokens = tokens + self.mlp_out(hidden * jax.nn.gelu(gate, approximate=False))
+        return x + self.project_out(tokens).reshape(b, h, w, c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +170,19 @@ class Level(nnx.Module):
         return h
 
 
+class Middle(nnx.Module):
+    """The bottleneck, where the whole image is in view: a residual block, attention, a residual block."""
+
+    def __init__(self, channels: int, config: UNetConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.resblock1 = ResidualBlock(channels, channels, c.cond_dim, c.groups, rngs=rngs)
+        self.attention = AttentionBlock(channels, c.caption_dim, c.heads, c.groups, rngs=rngs)
+        self.resblock2 = ResidualBlock(channels, channels, c.cond_dim, c.groups, rngs=rngs)
+
+    def __call__(self, h, cond, caption):
+        return self.resblock2(self.attention(self.resblock1(h, cond), *caption), cond)
+
+
 class UNet(nnx.Module):
     """The U-Net: a down path that keeps its activations, a middle, an up path that
     concatenates them back in (the skip connections that give the "U")."""
@@ -164,7 +190,7 @@ class UNet(nnx.Module):
     def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         p = c.patch_size
-        self.cond_in = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
+        self.cond_in = nnx.Linear(c.widths[0], c.cond_dim, rngs=rngs)
         self.cond_out = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
         self.caption_to_cond = nnx.Linear(c.caption_dim, c.cond_dim, rngs=rngs)
         self.stem = nnx.Conv(p * p * c.channels, c.widths[0], (3, 3), rngs=rngs)
@@ -178,12 +204,13 @@ class UNet(nnx.Module):
             width = out
             skip_widths += [out] * c.blocks_per_level
             if i < len(c.widths) - 1:
-                downsamplers.append(nnx.Conv(width, width, (3, 3), strides=(2, 2), rngs=rngs))
+                # Padding 1 on every side, as in PyTorch, rather than 'SAME' (which pads only after).
+                downsamplers.append(nnx.Conv(width, width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), rngs=rngs))
                 skip_widths.append(width)
                 size //= 2
         self.down, self.downsamplers = nnx.List(down), nnx.List(downsamplers)
 
-        self.middle = Level([width, width], width, True, c, rngs=rngs)
+        self.middle = Middle(width, c, rngs=rngs)
 
         # The up path: each block eats one skip, in reverse order.
         up, upsamplers = [], []
@@ -203,7 +230,8 @@ class UNet(nnx.Module):
 
     def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
         c = self.config
-        cond = noise_level_embedding(t, c.cond_dim).astype(xt.dtype)  # bfloat16 too, under mixed precision
+        # Sinusoids as many as the first level's channels, then an MLP up to cond_dim (as Stable Diffusion does).
+        cond = noise_level_embedding(t, c.widths[0]).astype(xt.dtype)  # bfloat16 too, under mixed precision
         cond = self.cond_out(jax.nn.silu(self.cond_in(cond))) + self.caption_to_cond(caption_pooled)  # (B, cond_dim)
         caption = (caption_tokens, caption_mask)
 

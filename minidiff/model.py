@@ -46,10 +46,10 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     unet_presets = {
         # About 0.2 M parameters: for tests.
         "tiny": UNetConfig(widths=(16, 32), attention_resolutions=(4,), heads=2, groups=4, cond_dim=32, caption_dim=32),
-        # About 2.6 M parameters: trains in minutes on a laptop CPU. Attention only
+        # About 3.0 M parameters: trains in minutes on a laptop CPU. Attention only
         # at 4x4 (at 8x8 it cost a third of each step on a 2-core CPU).
         "small": UNetConfig(widths=(32, 64, 96), attention_resolutions=(4,), cond_dim=128, caption_dim=128),
-        # About 46 M parameters (43 M in the U-Net), without the patch stem: for a GPU.
+        # About 56 M parameters (53 M in the U-Net), without the patch stem: for a GPU.
         "base": UNetConfig(
             patch_size=1, widths=(128, 256, 256, 256), blocks_per_level=2,
             attention_resolutions=(16, 8), heads=8, groups=32, cond_dim=512, caption_dim=256,
