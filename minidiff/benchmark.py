@@ -78,8 +78,10 @@ def _flops(jitted, *args, **kwargs) -> float:
     return float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
 
 
-def _median_seconds(run, repeats: int) -> float:
-    jax.block_until_ready(run())  # compiles
+def _median_seconds(run, repeats: int, warm_up: bool = True) -> float:
+    """The median wall time of `repeats` calls of `run`, each waiting for its result."""
+    if warm_up:
+        jax.block_until_ready(run())  # compiles
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -119,12 +121,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     start = time.perf_counter()
     jax.block_until_ready(train_step(*args, jax.random.key(0), config=config))
     compile_seconds = time.perf_counter() - start
-    times = []
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
-        jax.block_until_ready(train_step(*args, jax.random.key(step), config=config))
-        times.append(time.perf_counter() - start)
-    step_seconds = statistics.median(times)
+    step_seconds = _median_seconds(lambda: train_step(*args, jax.random.key(1), config=config), steps, warm_up=False)
 
     device = jax.devices()[0]
     peak = peak_flops(device, precision)
