@@ -32,7 +32,7 @@ from minidiff.corruption import make_schedule
 from minidiff.datasets import toy_dataset
 from minidiff.model import count_parameters, preset
 from minidiff.sampling import sample
-from minidiff.training import TrainConfig, diffusion_loss, new_train_state, train_step
+from minidiff.training import CompiledTrainStep, TrainConfig, diffusion_loss, new_train_state
 
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
@@ -99,14 +99,17 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
     config = state.config
     x0 = images.astype(jnp.float32) / 127.5 - 1.0
     key = jax.random.key(0)
-    forward = nnx.jit(lambda m, *a: diffusion_loss(m, *a, config))
-    gradients = nnx.jit(lambda m, *a: nnx.value_and_grad(diffusion_loss)(m, *a, config))
-    loss_args = (state.model, schedule, x0, ids, key)
-    step_args = (state.model, state.optimizer, state.ema, schedule, images, ids, empty, key)
+    # Like the train step (`CompiledTrainStep`), compiled on arrays, so no part pays for walking the modules.
+    graphdef, params = nnx.split(state.model)
+    forward = jax.jit(lambda p, *a: diffusion_loss(nnx.merge(graphdef, p), *a, config))
+    gradients = jax.jit(lambda p, *a: nnx.value_and_grad(diffusion_loss)(nnx.merge(graphdef, p), *a, config))
+    loss_args = (params, schedule, x0, ids, key)
     f_s, f_flops = _median_seconds(lambda: forward(*loss_args), repeats), _flops(forward, *loss_args)
     g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
-    s_s = _median_seconds(lambda: train_step(*step_args, config=config), repeats)
-    s_flops = _flops(train_step, *step_args, config=config)
+    step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)
+    step_args = (schedule, images, ids, empty, key)
+    s_flops = _flops(step.compiled, step.arrays, *step_args)
+    s_s = _median_seconds(lambda: step(*step_args), repeats)
     return {"forward": (f_s, f_flops), "backward": (g_s - f_s, g_flops - f_flops), "update": (s_s - g_s, s_flops - g_flops)}
 
 
@@ -115,13 +118,15 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
     state, schedule, images, ids, empty = _setup(preset_name, image_size, batch_size, precision)
     config, model_config = state.config, state.model.config
-    args = (state.model, state.optimizer, state.ema, schedule, images, ids, empty)
+    step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)  # what `train` runs
+    args = (schedule, images, ids, empty)
 
-    flops = _flops(train_step, *args, jax.random.key(0), config=config)
+    flops = _flops(step.compiled, step.arrays, *args, jax.random.key(0))
     start = time.perf_counter()
-    jax.block_until_ready(train_step(*args, jax.random.key(0), config=config))
+    jax.block_until_ready(step(*args, jax.random.key(0)))
     compile_seconds = time.perf_counter() - start
-    step_seconds = _median_seconds(lambda: train_step(*args, jax.random.key(1), config=config), steps, warm_up=False)
+    step_seconds = _median_seconds(lambda: step(*args, jax.random.key(1)), steps, warm_up=False)
+    step.sync()
 
     device = jax.devices()[0]
     peak = peak_flops(device, precision)

@@ -10,7 +10,8 @@ from conftest import TINY_TRAIN
 from minidiff.corruption import make_schedule, snr
 from minidiff.datasets import to_model_range
 from minidiff.training import (
-    TrainingDiverged, diffusion_loss, drop_captions, loss_weight, new_train_state, resume_train_state, train,
+    CompiledTrainStep, TrainingDiverged, diffusion_loss, drop_captions, loss_weight, new_train_state,
+    resume_train_state, train, train_step,
 )
 
 
@@ -31,6 +32,30 @@ def test_loss_falls_over_a_few_steps(dataset, tokenizer, model_config):
     state = train(state, images, progress=False)
     assert len(state.losses) == 40 and np.all(np.isfinite([loss for _, loss in state.losses]))
     assert fixed_loss(state.model) < 0.95 * before  # same t, noise and images: no luck involved
+
+
+def test_compiled_step_on_arrays_equals_the_step_on_modules(dataset, tokenizer, model_config):
+    """CompiledTrainStep (split once, jax.jit on donated arrays) updates the model, the
+    optimizer and the EMA exactly as nnx.jit(train_step) on the modules does."""
+    schedule = make_schedule(TINY_TRAIN.schedule, TINY_TRAIN.num_timesteps)
+    images = jnp.asarray(dataset.images[:8])
+    ids = jnp.asarray(tokenizer.encode_batch([c[0] for c in dataset.captions[:8]]))
+    empty = jnp.asarray(tokenizer.empty(1)[0])
+    on_modules = new_train_state(model_config, tokenizer, TINY_TRAIN)
+    on_arrays = new_train_state(model_config, tokenizer, TINY_TRAIN)
+    step_on_modules = nnx.jit(train_step, static_argnames="config")
+    step_on_arrays = CompiledTrainStep(on_arrays.model, on_arrays.optimizer, on_arrays.ema, TINY_TRAIN)
+    for i in range(2):
+        key = jax.random.key(i)
+        a = step_on_modules(on_modules.model, on_modules.optimizer, on_modules.ema, schedule, images, ids, empty, key,
+                            config=TINY_TRAIN)
+        b = step_on_arrays(schedule, images, ids, empty, key)
+        np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    step_on_arrays.sync()
+    assert int(on_arrays.optimizer.step[...]) == 2
+    for name in ("model", "ema"):
+        for x, y in zip(params_of(getattr(on_modules, name)), params_of(getattr(on_arrays, name))):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 class Interrupted(Exception):
