@@ -15,6 +15,7 @@ on a NaN loss.
 
 import dataclasses
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -137,37 +138,42 @@ def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_i
     return loss
 
 
+@partial(jax.jit, static_argnames=("graphdef", "config"), donate_argnames="arrays")
+def train_step_on_arrays(graphdef, arrays, schedule, images_uint8, token_ids, empty_ids, key, config: TrainConfig):
+    """`train_step` as a pure function of the modules' arrays: (new arrays, loss).
+
+    `graphdef` (the modules' structure, from `nnx.split`) is static: one
+    compilation per model, shared by every run of it in this process."""
+    model, optimizer, ema = nnx.merge(graphdef, arrays)
+    loss = train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config)
+    return nnx.state((model, optimizer, ema)), loss
+
+
 class CompiledTrainStep:
-    """`train_step` compiled once for a run, and called on arrays rather than on modules.
+    """The train step of a run, called on arrays rather than on modules.
 
     `nnx.jit(train_step)` would compile the same program, but on every call it
     walks the Python object graph of the model, the optimizer and the EMA to
     collect their arrays, and again to write the results back: about 40 ms
     per step on a 2-core CPU, a quarter of a tiny-preset step. So the
     modules are split once into their structure (`graphdef`) and a pytree of
-    arrays (Flax's "functional training loop"); each call passes only the
-    arrays to a `jax.jit` program and gets the new ones back. The arrays are
-    donated: XLA writes the new weights and Adam moments over the old ones
-    instead of allocating a second copy of them every step.
+    arrays (Flax's "functional training loop"); each step passes only the
+    arrays to `train_step_on_arrays` and gets the new ones back. The arrays
+    are donated: XLA writes the new weights and Adam moments over the old
+    ones instead of allocating a second copy of them every step.
 
     The modules see the new arrays only after `sync()`; in between, the arrays
     they hold have been donated (deleted). Sync before reading them.
     """
 
     def __init__(self, model, optimizer, ema, config: TrainConfig):
-        self.modules = (model, optimizer, ema)
-        graphdef, self.arrays = nnx.split(self.modules)
-
-        def step(arrays, schedule, images_uint8, token_ids, empty_ids, key):
-            model, optimizer, ema = nnx.merge(graphdef, arrays)
-            loss = train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config)
-            return nnx.state((model, optimizer, ema)), loss
-
-        self.compiled = jax.jit(step, donate_argnums=0)
+        self.modules, self.config = (model, optimizer, ema), config
+        self.graphdef, self.arrays = nnx.split(self.modules)
 
     def __call__(self, schedule, images_uint8, token_ids, empty_ids, key):
         """One step on the current arrays; returns the loss (on the device)."""
-        self.arrays, loss = self.compiled(self.arrays, schedule, images_uint8, token_ids, empty_ids, key)
+        self.arrays, loss = train_step_on_arrays(self.graphdef, self.arrays, schedule, images_uint8, token_ids,
+                                                 empty_ids, key, config=self.config)
         return loss
 
     def sync(self):
