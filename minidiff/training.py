@@ -123,7 +123,8 @@ def drop_captions(key, token_ids, empty_ids, probability: float):
 def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config: TrainConfig):
     """One optimisation step; returns the loss. Updates model, optimizer and ema in place.
 
-    Plain Python, traced once and compiled by `CompiledTrainStep`."""
+    Plain Python: `train_step_on_arrays` compiles it, and `train` calls that
+    through `CompiledTrainStep`."""
     x0 = images_uint8.astype(jnp.float32) / 127.5 - 1.0  # uint8 -> [-1, 1] on the device
     drop_key, loss_key = jax.random.split(key)
     token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
