@@ -14,7 +14,7 @@ layouts; the tests check that both then compute the same output. The caption
 encoder is PyTorch's own pre-norm `nn.TransformerEncoder` of the same size
 (its attention projections carry biases, a few hundred parameters more).
 
-The peer trains with the same loss (v-prediction, min-SNR weighting, caption
+The peer trains with the same loss (v-prediction, SNR weighting clipped to [1, 5], caption
 dropout), AdamW with gradient clipping, and an EMA of its weights.
 """
 
@@ -164,7 +164,7 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def benchmark_peer(config: ModelConfig, images_uint8: np.ndarray, token_ids: np.ndarray, empty_ids: np.ndarray,
-                   steps: int = 10, precision: str = "float32", sampling: bool = True, min_snr_gamma: float = 5.0,
+                   steps: int = 10, precision: str = "float32", sampling: bool = True, snr_gamma: float = 5.0,
                    caption_dropout: float = 0.1, ema_decay: float = 0.999) -> dict:
     """Train images/s (median over `steps` after two warm-up steps) and DDIM-20 guided sampling images/s.
 
@@ -193,7 +193,8 @@ def benchmark_peer(config: ModelConfig, images_uint8: np.ndarray, token_ids: np.
         with autocast:
             out = model(xt, t, dropped).float()
         snr = ab.view(-1) / (1 - ab.view(-1))
-        loss = (torch.clamp(snr, max=min_snr_gamma) / (snr + 1) * ((out - target) ** 2).mean((1, 2, 3))).mean()
+        weight = torch.clamp(snr, min=1.0, max=snr_gamma) / (snr + 1)  # minidiff's "clipped_snr", for v
+        loss = (weight * ((out - target) ** 2).mean((1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

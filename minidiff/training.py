@@ -45,8 +45,8 @@ class TrainConfig:
     horizontal_flip: bool = False  # mirror half of each batch (only where captions say nothing of left and right)
     schedule: str = "cosine"
     num_timesteps: int = 1000
-    loss_weighting: str = "min_snr"  # "min_snr" or "none"
-    min_snr_gamma: float = 5.0
+    loss_weighting: str = "clipped_snr"  # one of LOSS_WEIGHTINGS (see `loss_weight`)
+    min_snr_gamma: float = 5.0  # the cap of both SNR weightings
     precision: str = "float32"  # "bfloat16": bf16 weights and activations in the step, float32 master weights
     seed: int = 0
     log_every: int = 10  # steps between progress-bar updates (each one waits for the device)
@@ -61,20 +61,39 @@ class TrainingDiverged(RuntimeError):
 # --- The loss ----------------------------------------------------------------------
 
 
+LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
+
+
 def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
     """Per-example weight of the squared error.
 
-    "min_snr" (Hang et al. 2023, eq. 9 and table 1): weigh each noise level as
-    an x0-prediction loss clipped at SNR = gamma, so the nearly clean steps,
-    whose x0 error is tiny, do not dominate training. For a network predicting
-    eps that is min(SNR, gamma) / SNR; for v, min(SNR, gamma) / (SNR + 1).
+    Every weighting is a weight w on the x0 error, ||x0_pred - x0||^2, turned
+    into the weight on the network's own error (eps's error is SNR times
+    smaller than x0's, v's is SNR + 1 times smaller; Salimans & Ho 2022, sec. 4):
+
+    "min_snr": w = min(SNR, gamma) (Hang et al. 2023, eq. 9 and table 1), so
+        the nearly clean steps, whose x0 error is tiny, do not dominate.
+    "clipped_snr" (the default): w = clip(SNR, 1, gamma), min-SNR with the
+        floor of Salimans & Ho's "truncated SNR" weighting. Without the floor,
+        w ~ SNR -> 0 at the noisiest steps, and those are where the caption is
+        all the network has to go on: nothing of the image is left to see, so
+        only the caption says which background to paint. A model trained with
+        min-SNR alone learns to ignore words such as "on a sand background"
+        (chapter 4 looks at this).
+    "none": the plain squared error of the network's output.
+
+    A network predicting eps gets no floor: on the eps error it would be a
+    weight of 1 / SNR, about 4e8 at the last cosine step. (That is one reason
+    the default prediction is v.)
     """
     if weighting == "none":
         return jnp.ones_like(snr_t)
-    if weighting != "min_snr":
-        raise ValueError(f"unknown loss weighting {weighting!r}: choose 'min_snr' or 'none'")
-    clipped = jnp.minimum(snr_t, gamma)
-    return {"eps": clipped / snr_t, "x0": clipped, "v": clipped / (snr_t + 1.0)}[prediction]
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}: choose one of {LOSS_WEIGHTINGS}")
+    x0_weight = jnp.minimum(snr_t, gamma)
+    if weighting == "clipped_snr" and prediction != "eps":
+        x0_weight = jnp.maximum(x0_weight, 1.0)
+    return {"eps": x0_weight / snr_t, "x0": x0_weight, "v": x0_weight / (snr_t + 1.0)}[prediction]
 
 
 PRECISIONS = ("float32", "bfloat16")

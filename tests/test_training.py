@@ -111,6 +111,17 @@ def test_min_snr_weights_match_hang_et_al():
     assert float(snr(0.5)) == 1.0
 
 
+def test_clipped_snr_weights_floor_min_snr_at_one():
+    # x0 weights clip(SNR, 1, 5) = (1, 5, 5): min-SNR's, except at SNR 0.1, where min-SNR gives 0.1.
+    s = jnp.array([0.1, 5.0, 100.0])
+    np.testing.assert_allclose(loss_weight("clipped_snr", "x0", s, 5.0), [1.0, 5.0, 5.0], rtol=1e-6)
+    # For eps the floor would be a weight of 1 / SNR on the eps error (4e8 at the last cosine step): none there.
+    np.testing.assert_allclose(loss_weight("clipped_snr", "eps", s, 5.0), [1.0, 1.0, 0.05], rtol=1e-6)
+    np.testing.assert_allclose(loss_weight("clipped_snr", "v", s, 5.0), [1 / 1.1, 5 / 6, 5 / 101], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown loss weighting"):
+        loss_weight("snr", "v", s, 5.0)
+
+
 def test_caption_dropout_rate():
     ids = jnp.full((20000, 4), 7)
     empty = jnp.array([1, 0, 0, 0])
