@@ -83,8 +83,7 @@ def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
     "none": the plain squared error of the network's output.
 
     A network predicting eps gets no floor: on the eps error it would be a
-    weight of 1 / SNR, about 4e8 at the last cosine step. (That is one reason
-    the default prediction is v.)
+    weight of 1 / SNR, about 4e8 at the last cosine step.
     """
     if weighting == "none":
         return jnp.ones_like(snr_t)
