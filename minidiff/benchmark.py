@@ -1,6 +1,9 @@
-"""How fast? Training and sampling throughput of a preset on this machine's first device.
+"""How fast? Training and sampling throughput of a preset on this machine.
 
-For one (preset, image size, batch size) it measures:
+Training runs as `minidiff train` runs it: each batch split over as many of
+this host's devices as divide it (`minidiff.sharding.mesh_for_batch`); a CPU
+counts one device per core when `one_device_per_cpu_core` ran first, as the
+CLI does. For one (preset, image size, batch size) it measures:
 
   - compile time: the first train step, which traces and compiles the program;
   - train images/s: the median of timed steps after it (each waits for its result);
@@ -32,6 +35,7 @@ from minidiff.corruption import make_schedule
 from minidiff.datasets import toy_dataset
 from minidiff.model import count_parameters, preset
 from minidiff.sampling import sample
+from minidiff.sharding import mesh_for_batch, replicate, shard_batch
 from minidiff.training import CompiledTrainStep, TrainConfig, diffusion_loss, new_train_state, train_step_on_arrays
 
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
@@ -118,6 +122,12 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
     state, schedule, images, ids, empty = _setup(preset_name, image_size, batch_size, precision)
     config, model_config = state.config, state.model.config
+    mesh = mesh_for_batch(batch_size)  # as `minidiff train` does: the batch split over this host's devices
+    if mesh is not None:
+        for module in (state.model, state.optimizer, state.ema):
+            replicate(module, mesh)
+        images, ids = shard_batch(np.asarray(images), mesh), shard_batch(np.asarray(ids), mesh)
+    num_devices = mesh.size if mesh is not None else 1
     step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)  # what `train` runs
     args = (schedule, images, ids, empty)
 
@@ -131,11 +141,12 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     device = jax.devices()[0]
     peak = peak_flops(device, precision)
     result = {
-        "device": device.device_kind, "preset": preset_name, "image_size": image_size, "batch_size": batch_size,
+        "device": device.device_kind, "devices": num_devices, "preset": preset_name, "image_size": image_size,
+        "batch_size": batch_size,
         "precision": precision, "parameters": count_parameters(state.model),
         "compile_s": compile_seconds, "step_s": step_seconds, "train_images_per_s": batch_size / step_seconds,
         "step_tflop": flops / 1e12, "achieved_tflop_per_s": flops / step_seconds / 1e12,
-        "mfu": flops / step_seconds / peak if peak and flops else None,
+        "mfu": flops / step_seconds / (peak * num_devices) if peak and flops else None,
     }
     if sampling:
         run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0))
@@ -161,8 +172,8 @@ def _percent(x):
 
 def format_row(r: dict) -> str:
     sampling = f"{r['sample_images_per_s']:.0f}" if "sample_images_per_s" in r else "-"
-    row = (f"| {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['precision']} | {r['parameters'] / 1e6:.1f} M "
-           f"| {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} | {r['achieved_tflop_per_s']:.3f} "
+    row = (f"| {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} | {r['precision']} "
+           f"| {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} | {r['achieved_tflop_per_s']:.3f} "
            f"| {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
     if "speedup" in r:
         peer_sampling = f"{r['peer_sample_images_per_s']:.0f}" if "peer_sample_images_per_s" in r else "-"
@@ -172,8 +183,8 @@ def format_row(r: dict) -> str:
 
 
 def table_header(pytorch: bool = False) -> str:
-    names = ["preset", "px", "batch", "precision", "params", "compile s", "train img/s", "sample img/s", "TFLOP/s",
-             "MFU", "peak GB"]
+    names = ["preset", "px", "batch", "devices", "precision", "params", "compile s", "train img/s", "sample img/s",
+             "TFLOP/s", "MFU", "peak GB"]
     if pytorch:
         names += ["diffusers params", "diffusers train img/s", "diffusers sample img/s", "diffusers MFU",
                   "minidiff / diffusers (train)"]

@@ -113,13 +113,13 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
                       title=f"step {state.step}: ddim, 25 steps, guidance 3")
         save_loss_curve(state.losses, out / "loss.png")
 
-    mesh = None
-    if args.data_parallel:
-        import jax
+    import jax
 
-        from minidiff.sharding import data_mesh
+    from minidiff.sharding import data_mesh, mesh_for_batch
 
-        mesh = data_mesh()
+    # Every device of this host takes a share of each batch (a CPU counts one device per core, see `main`).
+    mesh = data_mesh() if args.data_parallel else mesh_for_batch(config.batch_size)
+    if mesh is not None:
         print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
               f"{config.batch_size // mesh.size} images per device per step")
     out.mkdir(parents=True, exist_ok=True)
@@ -271,8 +271,9 @@ def _add_training_options(p, steps, out, sample_every):
     p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints (default: %(default)s)")
     p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                    help="bfloat16: mixed precision (bf16 compute, float32 master weights), for GPUs and TPUs (default: %(default)s)")
-    p.add_argument("--data-parallel", action="store_true", help="split each batch over every device (GPUs, TPU cores); "
-                   "the batch size must be a multiple of the device count")
+    p.add_argument("--data-parallel", action="store_true", help="split each batch over every device (GPUs, TPU cores, "
+                   "CPU cores) and stop if it does not split evenly; without it, each batch is split over as many "
+                   "of this host's devices as it evenly can")
     p.add_argument("--multi-host", action="store_true", help="join a multi-host run first (jax.distributed.initialize); "
                    "implies --data-parallel over every host's devices")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -367,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from minidiff.compilation import enable_compilation_cache
+    from minidiff.sharding import one_device_per_cpu_core
 
+    one_device_per_cpu_core()  # before JAX starts: on a CPU, training then uses every core
     enable_compilation_cache()
     from minidiff.captions import CaptionError
     from minidiff.checkpoints import CheckpointError

@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 
 from minidiff.compilation import enable_compilation_cache
+from minidiff.sharding import one_device_per_cpu_core
 
 # Compiled programs are kept on disk between runs: a second test run skips most compilation.
 enable_compilation_cache(Path(__file__).resolve().parent.parent / ".jax_cache")
+# The devices the command line sees (one per CPU core), whichever test a worker runs first.
+one_device_per_cpu_core()
 
 from minidiff.captions import Tokenizer  # noqa: E402
 from minidiff.datasets import toy_dataset  # noqa: E402

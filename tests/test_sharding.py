@@ -1,5 +1,6 @@
 """Data-parallel training over 4 simulated CPU devices equals single-device training
-on the same global batch (and refuses a batch that does not split evenly)."""
+on the same global batch (and refuses a batch that does not split evenly); the CPU
+splits into one device per core unless the user chose a count."""
 
 import os
 import subprocess
@@ -35,6 +36,8 @@ SCRIPT = textwrap.dedent("""
     print("largest difference", worst, "losses", single.losses, sharded.losses)
     assert worst < 1e-4, worst
     np.testing.assert_allclose([l for _, l in single.losses], [l for _, l in sharded.losses], rtol=1e-4)
+    from minidiff.sharding import mesh_for_batch
+    assert mesh_for_batch(6).size == 3 and mesh_for_batch(8).size == 4 and mesh_for_batch(7) is None
     uneven = dataclasses.replace(config, batch_size=6)
     try:
         train(new_train_state(model_config, tokenizer, uneven), data, progress=False, mesh=data_mesh())
@@ -49,3 +52,24 @@ def test_sharded_training_equals_single_device_training(tmp_path):
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+CORES_SCRIPT = textwrap.dedent("""
+    import os, sys, jax
+    from minidiff.sharding import one_device_per_cpu_core
+    expected = int(sys.argv[1]) if len(sys.argv) > 1 else len(os.sched_getaffinity(0))
+    assert one_device_per_cpu_core() == expected == len(jax.devices()), (expected, jax.devices())
+    assert one_device_per_cpu_core() == expected  # JAX has started: nothing changes
+""")
+
+
+def test_the_cpu_splits_into_one_device_per_core_unless_the_count_was_chosen():
+    def devices(chosen: dict, *args):
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+        result = subprocess.run([sys.executable, "-c", CORES_SCRIPT, *args], env=env | {"JAX_PLATFORMS": "cpu"} | chosen,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    devices({})  # one per core
+    devices({"JAX_NUM_CPU_DEVICES": "3"}, "3")  # the user's choice stands
+    devices({"XLA_FLAGS": "--xla_force_host_platform_device_count=5"}, "5")
