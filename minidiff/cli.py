@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Train the small model on the embedded flowers and birds (about 8 minutes "
                                "on a 2-core CPU), then write a grid of images generated from captions, some of them "
                                "attribute pairs never seen in training.")
-    _add_training_options(demo, steps=450, out="runs/demo", sample_every=0)
+    _add_training_options(demo, steps=600, out="runs/demo", sample_every=0)
     # 5 rather than the usual 3: a model trained for minutes follows its captions
     # more often with stronger guidance (measured with `minidiff adherence`).
     demo.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: %(default)s)")
