@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train on the embedded dataset, then draw images for several captions",
-                               description="Train the small model on the embedded flowers and birds (about 8 minutes "
+                               description="Train the small model on the embedded flowers and birds (about 7 minutes "
                                "on a 2-core CPU), then write a grid of images generated from captions, some of them "
                                "attribute pairs never seen in training.")
     _add_training_options(demo, steps=600, out="runs/demo", sample_every=0)
