@@ -142,8 +142,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     peak = peak_flops(device, precision)
     result = {
         "device": device.device_kind, "devices": num_devices, "preset": preset_name, "image_size": image_size,
-        "batch_size": batch_size,
-        "precision": precision, "parameters": count_parameters(state.model),
+        "batch_size": batch_size, "precision": precision, "parameters": count_parameters(state.model),
         "compile_s": compile_seconds, "step_s": step_seconds, "train_images_per_s": batch_size / step_seconds,
         "step_tflop": flops / 1e12, "achieved_tflop_per_s": flops / step_seconds / 1e12,
         "mfu": flops / step_seconds / (peak * num_devices) if peak and flops else None,
@@ -173,8 +172,8 @@ def _percent(x):
 def format_row(r: dict) -> str:
     sampling = f"{r['sample_images_per_s']:.0f}" if "sample_images_per_s" in r else "-"
     row = (f"| {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} | {r['precision']} "
-           f"| {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} | {r['achieved_tflop_per_s']:.3f} "
-           f"| {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
+           f"| {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} "
+           f"| {r['achieved_tflop_per_s']:.3f} | {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
     if "speedup" in r:
         peer_sampling = f"{r['peer_sample_images_per_s']:.0f}" if "peer_sample_images_per_s" in r else "-"
         row += (f" {r['peer_parameters'] / 1e6:.1f} M | {r['peer_train_images_per_s']:.1f} | {peer_sampling} "
