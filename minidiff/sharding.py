@@ -49,13 +49,14 @@ def _cpu_cores() -> int:
 def one_device_per_cpu_core() -> int:
     """Make JAX present the CPU as one device per core; returns the number of CPU devices.
 
-    Measured on a 2-core CPU (an Intel Xeon virtual machine): a 3x3 convolution's forward and
-    backward took the same time on one core as on two, and half the time with
-    the batch split over two CPU devices. The device count is fixed when JAX
-    starts, so call this before JAX computes anything; afterwards, or where
-    the count was chosen already ($JAX_NUM_CPU_DEVICES, or
-    --xla_force_host_platform_device_count in $XLA_FLAGS), it changes nothing.
-    GPUs and TPUs are unaffected: they stay the default devices.
+    Measured on a 2-core CPU (an Intel Xeon virtual machine): a 3x3
+    convolution's forward and backward took the same time on one core as on
+    two, and half the time with the batch split over two CPU devices. The
+    device count is fixed when JAX starts, so call this before JAX computes
+    anything; afterwards, or where the count was chosen already
+    ($JAX_NUM_CPU_DEVICES, or --xla_force_host_platform_device_count in
+    $XLA_FLAGS), it changes nothing. GPUs and TPUs are unaffected: they stay
+    the default devices.
     """
     chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     if not chosen and jax.config.jax_num_cpu_devices < 1:
