@@ -4,9 +4,9 @@
     python chapters/run_chapters.py 03_from_noise_to_images.ipynb   # one chapter, full size
 
 In smoke mode most of a chapter's time is XLA compiling its programs, which
-uses about one core, so on a 2-core machine two chapters side by side take
-little longer than one. Outputs are not written back: notebooks are committed
-without outputs.
+often leaves a core idle; on a 2-core CPU, two at a time ran all seven chapters
+in 447 s against 472-538 s one after another. Outputs are not written back:
+notebooks are committed without outputs.
 """
 
 import argparse
