@@ -33,6 +33,8 @@ def main(argv=None):
     parser.add_argument("names", nargs="*", help="notebooks to run (default: every chapter)")
     parser.add_argument("--jobs", type=int, default=1, help="chapters run at the same time (default: 1)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     paths = [HERE / n for n in args.names] or sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     start, failed = time.perf_counter(), []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
