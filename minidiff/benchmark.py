@@ -63,17 +63,23 @@ def peak_memory_bytes(device) -> int:
 
 
 def _setup(preset_name: str, image_size: int, batch_size: int, precision: str):
-    """A fresh train state and one batch of the embedded set, on the device."""
+    """A fresh train state and one batch of the embedded set, on the devices `train` would use:
+    the batch split over as many of this host's devices as divide it, the modules replicated."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
     model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length)
     config = TrainConfig(batch_size=batch_size, precision=precision)
     state = new_train_state(model_config, tokenizer, config)
     schedule = make_schedule(config.schedule, config.num_timesteps)
-    images = jnp.asarray(data.images[:batch_size])
-    ids = jnp.asarray(tokenizer.encode_batch([c[0] for c in data.captions[:batch_size]], truncate=True))
+    images = data.images[:batch_size]
+    ids = tokenizer.encode_batch([c[0] for c in data.captions[:batch_size]], truncate=True)
     empty = jnp.asarray(tokenizer.empty(1)[0])
-    return state, schedule, images, ids, empty
+    mesh = mesh_for_batch(batch_size)
+    if mesh is None:
+        return state, schedule, jnp.asarray(images), jnp.asarray(ids), empty, 1
+    for module in (state.model, state.optimizer, state.ema):
+        replicate(module, mesh)
+    return state, schedule, shard_batch(images, mesh), shard_batch(ids, mesh), empty, mesh.size
 
 
 def _flops(jitted, *args, **kwargs) -> float:
@@ -98,8 +104,9 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
                    precision: str = "float32") -> dict:
     """Where a train step's time goes: {part: (seconds, FLOPs)} for the forward pass (the
     loss), the backward pass (the gradients), and the update (gradient clipping, AdamW, EMA),
-    each measured as the difference between nested compiled programs."""
-    state, schedule, images, ids, empty = _setup(preset_name, image_size, batch_size, precision)
+    each measured as the difference between nested compiled programs. The whole step is the
+    program `benchmark` times, on the same devices: after it, it is not compiled again."""
+    state, schedule, images, ids, empty, _ = _setup(preset_name, image_size, batch_size, precision)
     config = state.config
     x0 = images.astype(jnp.float32) / 127.5 - 1.0
     key = jax.random.key(0)
@@ -120,14 +127,8 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
 def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
               sampling: bool = True, pytorch: bool = False) -> dict:
     """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
-    state, schedule, images, ids, empty = _setup(preset_name, image_size, batch_size, precision)
+    state, schedule, images, ids, empty, num_devices = _setup(preset_name, image_size, batch_size, precision)
     config, model_config = state.config, state.model.config
-    mesh = mesh_for_batch(batch_size)  # as `minidiff train` does: the batch split over this host's devices
-    if mesh is not None:
-        for module in (state.model, state.optimizer, state.ema):
-            replicate(module, mesh)
-        images, ids = shard_batch(np.asarray(images), mesh), shard_batch(np.asarray(ids), mesh)
-    num_devices = mesh.size if mesh is not None else 1
     step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)  # what `train` runs
     args = (schedule, images, ids, empty)
 

@@ -15,7 +15,7 @@ on a NaN loss.
 
 import dataclasses
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import jax
@@ -200,17 +200,26 @@ class CompiledTrainStep:
         nnx.update(self.modules, self.arrays)
 
 
-def make_optimizer(model: TextToImage, config: TrainConfig) -> nnx.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019) with linear warm-up, cosine decay and gradient clipping."""
+@cache
+def adamw_transform(config: TrainConfig) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) with linear warm-up, cosine decay and gradient clipping.
+
+    One object per configuration (hence the cache): the optimizer keeps it in
+    its static structure, so a run with a new but equal one would look like a
+    new program to `train_step_on_arrays` and be traced again (seconds)."""
     learning_rate = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
         end_value=0.1 * config.learning_rate,
     )
-    tx = optax.chain(
+    return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(learning_rate, weight_decay=config.weight_decay),
     )
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def make_optimizer(model: TextToImage, config: TrainConfig) -> nnx.Optimizer:
+    """The optimizer of `model`'s parameters (its state: the Adam moments and the step count)."""
+    return nnx.Optimizer(model, adamw_transform(config), wrt=nnx.Param)
 
 
 # --- The loop ----------------------------------------------------------------------

@@ -11,21 +11,22 @@ from pathlib import Path
 # The device count is fixed when JAX starts, so the comparison runs in a fresh interpreter.
 SCRIPT = textwrap.dedent("""
     import dataclasses
+    import sys
     import jax, numpy as np
     from flax import nnx
-    from minidiff.compilation import enable_compilation_cache
     from minidiff.captions import Tokenizer
     from minidiff.datasets import toy_dataset
     from minidiff.model import preset
     from minidiff.sharding import data_mesh
-    from minidiff.training import TrainConfig, new_train_state, train
+    from minidiff.training import new_train_state, train
+    sys.path.insert(0, "tests")
+    from conftest import TINY_TRAIN  # also turns on the tests' compilation cache
 
-    enable_compilation_cache(".jax_cache")
     assert jax.device_count() == 4, jax.devices()
     data = toy_dataset(num_images=64, image_size=16, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions(), max_length=24)
     model_config = preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length)
-    config = TrainConfig(steps=3, batch_size=8, learning_rate=3e-3, warmup_steps=1, log_every=1)
+    config = TINY_TRAIN  # the single-device step is the one the other tests compile
     single = train(new_train_state(model_config, tokenizer, config), data, progress=False)
     sharded = train(new_train_state(model_config, tokenizer, config), data, progress=False, mesh=data_mesh())
     kernel = sharded.model.unet.out.kernel[...]
