@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.datasets.base import with_articles
+from minidiff.datasets.base import CaptionedImages, with_articles
 from minidiff.datasets.files import ImageRecord, Skipped, read_caption_file, read_dataset
 from minidiff.datasets.splits import seeded_test_classes, select, test_classes_from_file
 
@@ -123,7 +123,7 @@ def _image_attributes(cub: Path, attributes) -> dict[int, dict[str, str]] | None
     return {i: {g: v for g, (_, v) in groups.items()} for i, groups in best.items()}
 
 
-def load_birds(root, split: str = "train", image_size: int = 64) -> "CaptionedImages":
+def load_birds(root, split: str = "train", image_size: int = 64) -> CaptionedImages:
     """CUB-200-2011 from a local copy at `root` (the folder holding CUB_200_2011/, or that folder)."""
     root = Path(root)
     cub = find_cub_root(root)

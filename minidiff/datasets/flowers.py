@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.datasets.base import with_articles
+from minidiff.datasets.base import CaptionedImages, with_articles
 from minidiff.datasets.files import ImageRecord, Skipped, read_caption_file, read_dataset
 from minidiff.datasets.splits import seeded_test_classes, select, test_classes_from_file
 
@@ -79,7 +79,7 @@ def _mat_vector(path: Path, key: str) -> np.ndarray:
     return np.asarray(loadmat(path)[key]).ravel().astype(np.int64)
 
 
-def load_flowers(root, split: str = "train", image_size: int = 64) -> "CaptionedImages":
+def load_flowers(root, split: str = "train", image_size: int = 64) -> CaptionedImages:
     """Oxford-102 from a local copy at `root` (see the module docstring for the layouts)."""
     root = Path(root)
     skipped = Skipped()

@@ -12,6 +12,7 @@ caption, or a caption naming a missing image, is skipped and counted.
 import json
 from pathlib import Path
 
+from minidiff.datasets.base import CaptionedImages
 from minidiff.datasets.files import IMAGE_SUFFIXES, ImageRecord, Skipped, read_caption_file, read_dataset
 
 
@@ -35,7 +36,7 @@ def _jsonl_captions(path: Path, skipped: Skipped) -> dict[Path, list[str]]:
     return captions
 
 
-def load_folder(root, image_size: int = 64) -> "CaptionedImages":
+def load_folder(root, image_size: int = 64) -> CaptionedImages:
     """Every image under `root` that has a caption (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
