@@ -7,7 +7,8 @@ CLI does. For one (preset, image size, batch size) it measures:
 
   - compile time: the first train step, which traces and compiles the program;
   - train images/s: the median of timed steps after it (each waits for its result);
-  - sampling images/s: DDIM, 20 steps, guidance 3 (two network passes per step);
+  - sampling images/s: DDIM, 20 steps, guidance 3 (two network passes per step), the
+    batch split over the same devices;
   - FLOPs of one train step, from XLA's own cost analysis of the compiled
     program, hence achieved FLOP/s and, where the device's peak is known, the
     model-FLOPs utilisation (MFU = achieved / peak);
@@ -149,7 +150,8 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
         "mfu": flops / step_seconds / (peak * num_devices) if peak and flops else None,
     }
     if sampling:
-        run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0))
+        run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0,
+                                        mesh=mesh_for_batch(batch_size)))  # as the CLI samples
         run()  # compiles
         start = time.perf_counter()
         run()

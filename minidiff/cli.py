@@ -31,6 +31,7 @@ def generate_grid(model, tokenizer, schedule, captions, path, *, per_caption=6, 
 
     from minidiff.plotting import captioned_grid, save_figure
     from minidiff.sampling import sample
+    from minidiff.sharding import mesh_for_batch
 
     for caption in captions:
         unknown = tokenizer.unknown_words(caption)
@@ -39,7 +40,7 @@ def generate_grid(model, tokenizer, schedule, captions, path, *, per_caption=6, 
                   f"they are read as 'unknown' in {caption!r}", file=sys.stderr)
     ids = np.repeat(tokenizer.encode_batch(captions), per_caption, axis=0)
     images = sample(model, schedule, ids, tokenizer.empty(1), seed, num_steps=steps, sampler=sampler,
-                    eta=eta, guidance_scale=guidance)
+                    eta=eta, guidance_scale=guidance, mesh=mesh_for_batch(len(ids)))
     title = title or f"{sampler}, {steps} steps, guidance {guidance:g}"
     save_figure(captioned_grid(np.asarray(images), captions, title=title), path)
     return np.asarray(images)

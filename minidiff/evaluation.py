@@ -23,6 +23,7 @@ from minidiff.datasets import load_dataset, to_uint8, toy_dataset
 from minidiff.datasets.base import CaptionedImages
 from minidiff.metrics import frechet_distance_of, inception_score, kernel_distance
 from minidiff.sampling import function_evaluations, sample
+from minidiff.sharding import mesh_for_batch
 
 
 def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=None, seed: int = 0,
@@ -66,15 +67,17 @@ def load_or_train_judge(path, dataset_name: str, image_size: int, data_dir=None,
 
 def generate(model, tokenizer, schedule, captions, *, sampler: str = "ddim", num_steps: int = 50,
              guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """One uint8 image (H, W, 3) per caption, in batches, with a progress bar."""
+    """One uint8 image (H, W, 3) per caption, in batches (each split over this host's devices where it
+    splits evenly), with a progress bar."""
     from tqdm.auto import tqdm
 
     ids = tokenizer.encode_batch(list(captions), truncate=True)
     images = []
     for start in tqdm(range(0, len(ids), batch_size), desc=f"sampling ({sampler}, {num_steps} steps)",
                       disable=not progress, unit="batch"):
-        batch = sample(model, schedule, ids[start : start + batch_size], tokenizer.empty(1), seed + start,
-                       num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale)
+        rows = ids[start : start + batch_size]
+        batch = sample(model, schedule, rows, tokenizer.empty(1), seed + start, num_steps=num_steps, sampler=sampler,
+                       guidance_scale=guidance_scale, mesh=mesh_for_batch(len(rows)))
         images.append(to_uint8(np.asarray(batch)))
     return np.concatenate(images)
 

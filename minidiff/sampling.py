@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from minidiff.corruption import NoiseSchedule, x0_and_eps
+from minidiff.sharding import replicate, shard_batch
 
 SAMPLERS = ("ddpm", "ddim", "heun", "dpm++2m")
 SECOND_ORDER = ("heun", "dpm++2m")
@@ -247,13 +248,16 @@ def sample(
     eta: float = 0.0,
     guidance_scale: float = 1.0,
     keep_trajectory: bool = False,
+    mesh=None,
 ):
     """Generate one image per row of `token_ids` (B, L); returns (B, H, W, C) in [-1, 1].
 
     `empty_ids` are the "no caption" ids (`Tokenizer.empty`), used for guidance.
     `eta` applies to DDIM only. With keep_trajectory, also returns the x0
     prediction at every step, (num_steps, B, H, W, C). One compilation per
-    (batch shape, num_steps, sampler).
+    (batch shape, num_steps, sampler). With a `mesh` (`minidiff.sharding.mesh_for_batch`),
+    the rows are split over its devices and the model is replicated on them
+    (in place); the images are the same.
     """
     levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
     config = model.config.unet
@@ -262,6 +266,9 @@ def sample(
     empty_ids = jnp.broadcast_to(jnp.asarray(empty_ids)[:1], token_ids.shape)
     noise_key, loop_key = jax.random.split(jax.random.key(seed))
     noise = jax.random.normal(noise_key, (batch, config.image_size, config.image_size, config.channels))
+    if mesh is not None:
+        replicate(model, mesh)
+        token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh) for rows in (token_ids, empty_ids, noise))
     images, trajectory = _sample_loop(
         model, schedule, levels, token_ids, empty_ids, loop_key, noise,
         jnp.float32(guidance_scale), jnp.float32(eta),

@@ -92,10 +92,11 @@ def replicate(module: nnx.Module, mesh: Mesh) -> None:
 
 
 def shard_batch(global_batch: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Split a batch's rows over the mesh. Every host computes the same global batch (batches
-    are a pure function of seed and step) and contributes only the rows of its own devices."""
+    """Split a batch's rows over the mesh. On a mesh over several hosts, every host computes the
+    same global batch (batches are a pure function of seed and step) and contributes only the
+    rows of its own devices."""
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    if jax.process_count() == 1:
+    if all(device.process_index == jax.process_index() for device in mesh.devices.flat):  # this host's mesh
         return jax.device_put(global_batch, sharding)
     rows = len(global_batch) // jax.process_count()
     start = jax.process_index() * rows

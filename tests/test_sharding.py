@@ -1,5 +1,6 @@
 """Data-parallel training over 4 simulated CPU devices equals single-device training
-on the same global batch (and refuses a batch that does not split evenly); the CPU
+on the same global batch (and refuses a batch that does not split evenly), and so
+does sampling with the rows split over the devices; the CPU
 splits into one device per core unless the user chose a count."""
 
 import os
@@ -39,6 +40,17 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_allclose([l for _, l in single.losses], [l for _, l in sharded.losses], rtol=1e-4)
     from minidiff.sharding import mesh_for_batch
     assert mesh_for_batch(6).size == 3 and mesh_for_batch(8).size == 4 and mesh_for_batch(7) is None
+
+    # Sampling with the rows split over the devices draws the same images (DDPM: fresh noise at every step).
+    from minidiff.corruption import make_schedule
+    from minidiff.sampling import sample
+    schedule = make_schedule(config.schedule, config.num_timesteps)
+    ids, empty = tokenizer.encode_batch([c[0] for c in data.captions[:8]]), tokenizer.empty(1)
+    settings = dict(num_steps=3, sampler="ddpm", guidance_scale=2.0)
+    alone = sample(single.ema, schedule, ids, empty, **settings)
+    split = sample(single.ema, schedule, ids, empty, **settings, mesh=mesh_for_batch(8))
+    assert len(split.sharding.device_set) == 4, split.sharding
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(split), atol=1e-5)
     uneven = dataclasses.replace(config, batch_size=6)
     try:
         train(new_train_state(model_config, tokenizer, uneven), data, progress=False, mesh=data_mesh())
