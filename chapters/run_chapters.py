@@ -5,7 +5,8 @@
 
 In smoke mode most of a chapter's time is XLA compiling its programs, which
 often leaves a core idle; on a 2-core CPU, two at a time ran all seven chapters
-in 447 s against 472-538 s one after another. Outputs are not written back:
+in 447 s against 472-538 s one after another (and in 301 s once the longest went
+first and runs shared their traced train step). Outputs are not written back:
 notebooks are committed without outputs.
 """
 
