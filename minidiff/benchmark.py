@@ -65,7 +65,8 @@ def peak_memory_bytes(device) -> int:
 
 def _setup(preset_name: str, image_size: int, batch_size: int, precision: str):
     """A fresh train state and one batch of the embedded set, on the devices `train` would use:
-    the batch split over as many of this host's devices as divide it, the modules replicated."""
+    the batch split over as many of this host's devices as divide it, the modules replicated.
+    Also returns that mesh (None for one device)."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
     model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length)
@@ -77,10 +78,10 @@ def _setup(preset_name: str, image_size: int, batch_size: int, precision: str):
     empty = jnp.asarray(tokenizer.empty(1)[0])
     mesh = mesh_for_batch(batch_size)
     if mesh is None:
-        return state, schedule, jnp.asarray(images), jnp.asarray(ids), empty, 1
+        return state, schedule, jnp.asarray(images), jnp.asarray(ids), empty, None
     for module in (state.model, state.optimizer, state.ema):
         replicate(module, mesh)
-    return state, schedule, shard_batch(images, mesh), shard_batch(ids, mesh), empty, mesh.size
+    return state, schedule, shard_batch(images, mesh), shard_batch(ids, mesh), empty, mesh
 
 
 def _flops(jitted, *args, **kwargs) -> float:
@@ -128,8 +129,9 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
 def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
               sampling: bool = True, pytorch: bool = False) -> dict:
     """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
-    state, schedule, images, ids, empty, num_devices = _setup(preset_name, image_size, batch_size, precision)
+    state, schedule, images, ids, empty, mesh = _setup(preset_name, image_size, batch_size, precision)
     config, model_config = state.config, state.model.config
+    num_devices = mesh.size if mesh is not None else 1
     step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)  # what `train` runs
     args = (schedule, images, ids, empty)
 
@@ -151,7 +153,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     }
     if sampling:
         run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0,
-                                        mesh=mesh_for_batch(batch_size)))  # as the CLI samples
+                                        mesh=mesh))  # as the CLI samples
         run()  # compiles
         start = time.perf_counter()
         run()
