@@ -100,11 +100,14 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
         print(f"resuming {checkpoint} at step {state.step} of {config.steps}")
     else:
         tokenizer = Tokenizer.from_captions(dataset.all_captions())
-        model_config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length)
+        overrides = {"attention_resolutions": tuple(args.attention_at)} if args.attention_at else {}
+        model_config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
+                              **overrides)
         model_config = dataclasses.replace(model_config, prediction=args.prediction)
         state = new_train_state(model_config, tokenizer, config)
     print(f"model: preset {args.preset if not args.resume else '(from checkpoint)'}, "
-          f"{count_parameters(state.model) / 1e6:.2f} M parameters, predicts {state.model.config.prediction}")
+          f"{count_parameters(state.model) / 1e6:.2f} M parameters, predicts {state.model.config.prediction}, "
+          f"attention at {', '.join(f'{n}x{n}' for n in state.model.config.unet.attention_resolutions)} and the middle")
     schedule = make_schedule(config.schedule, config.num_timesteps)
     captions = _captions_to_show(dataset, state.tokenizer, captions_to_show)
 
@@ -261,6 +264,9 @@ def _add_training_options(p, steps, out, sample_every):
     p.add_argument("--data-seed", type=int, default=0, help="seed of the embedded dataset (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: %(default)s)")
     p.add_argument("--preset", default="small", choices=PRESETS, help="model size: tiny (tests), small (CPU), base (GPU) (default: %(default)s)")
+    p.add_argument("--attention-at", type=int, nargs="+", metavar="SIZE",
+                   help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
+                   "get self- and cross-attention, e.g. 8 4 (default: the preset's: 4 for tiny and small)")
     p.add_argument("--prediction", default="v", choices=("eps", "x0", "v"), help="what the network predicts (default: %(default)s)")
     p.add_argument("--steps", type=int, default=steps, help="optimisation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")

@@ -133,6 +133,11 @@ class UNetConfig:
     cond_dim: int = 256  # noise-level (+ pooled caption) embedding
     caption_dim: int = 128  # width of the caption token embeddings
 
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        """The feature-map side at each level: image_size / patch_size, halved at every level down."""
+        return tuple(self.image_size // self.patch_size // 2**i for i in range(len(self.widths)))
+
     def __post_init__(self):
         down = self.patch_size * 2 ** (len(self.widths) - 1)
         if self.image_size % down:

@@ -47,7 +47,8 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
         # About 0.2 M parameters: for tests.
         "tiny": UNetConfig(widths=(16, 32), attention_resolutions=(4,), heads=2, groups=4, cond_dim=32, caption_dim=32),
         # About 3.0 M parameters: trains in minutes on a laptop CPU. Attention only
-        # at 4x4 (at 8x8 it cost a third of each step on a 2-core CPU).
+        # at 4x4: at 8x8 too, each step takes 1.4x as long on a 2-core CPU (the README's
+        # "How well it follows captions" has what that buys).
         "small": UNetConfig(widths=(32, 64, 96), attention_resolutions=(4,), cond_dim=128, caption_dim=128),
         # About 56 M parameters (53 M in the U-Net), without the patch stem: for a GPU.
         "base": UNetConfig(
@@ -59,6 +60,10 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     if name not in unet_presets:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(unet_presets)}")
     unet = dataclasses.replace(unet_presets[name], image_size=image_size, **overrides)
+    missing = set(overrides.get("attention_resolutions", ())) - set(unet.level_sizes)
+    if missing:
+        raise ValueError(f"no level of the {name} U-Net at {image_size}px has feature maps of size "
+                         f"{sorted(missing)}: attention can go at {list(unet.level_sizes)}")
     dim, depth, heads = text_presets[name]
     text = TextEncoderConfig(vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=heads)
     return ModelConfig(unet=unet, text=text)

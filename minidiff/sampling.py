@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from minidiff.corruption import NoiseSchedule, x0_and_eps
-from minidiff.sharding import replicate, shard_batch
+from minidiff.sharding import gather_on_one_device, replicate, shard_batch
 
 SAMPLERS = ("ddpm", "ddim", "heun", "dpm++2m")
 SECOND_ORDER = ("heun", "dpm++2m")
@@ -257,7 +257,8 @@ def sample(
     prediction at every step, (num_steps, B, H, W, C). One compilation per
     (batch shape, num_steps, sampler). With a `mesh` (`minidiff.sharding.mesh_for_batch`),
     the rows are split over its devices and the model is replicated on them
-    (in place); the images are the same.
+    (in place); the images are the same. Without one, the model is gathered
+    onto one device (in place) if it was replicated.
     """
     levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
     config = model.config.unet
@@ -269,6 +270,8 @@ def sample(
     if mesh is not None:
         replicate(model, mesh)
         token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh) for rows in (token_ids, empty_ids, noise))
+    else:
+        gather_on_one_device(model)  # in case an earlier call replicated it
     images, trajectory = _sample_loop(
         model, schedule, levels, token_ids, empty_ids, loop_key, noise,
         jnp.float32(guidance_scale), jnp.float32(eta),

@@ -91,6 +91,16 @@ def replicate(module: nnx.Module, mesh: Mesh) -> None:
     nnx.update(module, jax.device_put(nnx.state(module), everywhere))
 
 
+def gather_on_one_device(module: nnx.Module) -> None:
+    """Undo `replicate`: move every array of `module` onto this host's first device, in place.
+
+    A jitted call runs wherever its inputs live, so a module left replicated on
+    four devices, called on an unsharded batch, would compute that batch four
+    times over (the same result, four times the work)."""
+    if any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(nnx.state(module))):
+        nnx.update(module, jax.device_put(nnx.state(module), jax.local_devices()[0]))
+
+
 def shard_batch(global_batch: np.ndarray, mesh: Mesh) -> jax.Array:
     """Split a batch's rows over the mesh. On a mesh over several hosts, every host computes the
     same global batch (batches are a pure function of seed and step) and contributes only the

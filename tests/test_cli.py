@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from minidiff.checkpoints import Checkpoint
 from minidiff.cli import build_parser, main
 
 
@@ -21,8 +22,12 @@ def test_train_then_sample_writes_a_grid(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2",
             "--batch-size", "4", "--sample-every", "0", "--out", str(run), "--quiet"]
-    assert main(args) == 0
+    # Attention at a size no level has: a clear message, nothing written.
+    assert main([*args, "--attention-at", "8", "5"]) == 2
+    assert "attention can go at [8, 4]" in capsys.readouterr().err and not run.exists()
+    assert main([*args, "--attention-at", "8", "4"]) == 0
     assert (run / "checkpoint.npz").is_file() and (run / "loss.png").is_file()
+    assert Checkpoint(run / "checkpoint.npz").header["model_config"]["unet"]["attention_resolutions"] == [8, 4]
     grid = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",
                  "--caption", "a blue bird", "--steps", "2", "--per-caption", "2", "--out", str(grid)]) == 0

@@ -51,6 +51,10 @@ SCRIPT = textwrap.dedent("""
     split = sample(single.ema, schedule, ids, empty, **settings, mesh=mesh_for_batch(8))
     assert len(split.sharding.device_set) == 4, split.sharding
     np.testing.assert_allclose(np.asarray(alone), np.asarray(split), atol=1e-5)
+    # Without a mesh again, the replicated model is gathered onto one device: the batch runs once, not 4 times.
+    again = sample(single.ema, schedule, ids, empty, **settings)
+    assert len(again.sharding.device_set) == 1, again.sharding
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(again), atol=1e-5)
     uneven = dataclasses.replace(config, batch_size=6)
     try:
         train(new_train_state(model_config, tokenizer, uneven), data, progress=False, mesh=data_mesh())
