@@ -105,9 +105,11 @@ def run_training(args, captions_to_show=DEMO_CAPTIONS):
                               **overrides)
         model_config = dataclasses.replace(model_config, prediction=args.prediction)
         state = new_train_state(model_config, tokenizer, config)
+    unet = state.model.config.unet
+    attended = [f"{n}x{n}" for n in unet.level_sizes if n in unet.attention_resolutions] + ["the middle"]
     print(f"model: preset {args.preset if not args.resume else '(from checkpoint)'}, "
           f"{count_parameters(state.model) / 1e6:.2f} M parameters, predicts {state.model.config.prediction}, "
-          f"attention at {', '.join(f'{n}x{n}' for n in state.model.config.unet.attention_resolutions)} and the middle")
+          f"attention: {', '.join(attended)}")
     schedule = make_schedule(config.schedule, config.num_timesteps)
     captions = _captions_to_show(dataset, state.tokenizer, captions_to_show)
 

@@ -60,6 +60,8 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     if name not in unet_presets:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(unet_presets)}")
     unet = dataclasses.replace(unet_presets[name], image_size=image_size, **overrides)
+    # Only sizes the user asked for are checked: a preset's own may miss at another image size
+    # (the small preset at 64 px has no 4x4 level, so it attends in the middle only).
     missing = set(overrides.get("attention_resolutions", ())) - set(unet.level_sizes)
     if missing:
         raise ValueError(f"no level of the {name} U-Net at {image_size}px has feature maps of size "
