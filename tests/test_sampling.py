@@ -74,7 +74,7 @@ def test_ddim_eta0_is_deterministic_and_seeds_matter(model, tokenizer):
 
 def test_trajectory_holds_one_prediction_per_step(model, tokenizer):
     ids = tokenizer.encode_batch(["a red flower"])
-    images, trajectory = sample(model, cosine_schedule(1000), ids, tokenizer.empty(1), num_steps=3, keep_trajectory=True)
+    _, trajectory = sample(model, cosine_schedule(1000), ids, tokenizer.empty(1), num_steps=3, keep_trajectory=True)
     assert trajectory.shape == (3, 1, 16, 16, 3)
 
 
