@@ -38,6 +38,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         unet = {k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()}
+        unet.setdefault("modulated_output_norm", False)  # checkpoints from before the option have a plain one
         return cls(unet=UNetConfig(**unet), text=TextEncoderConfig(**d["text"]), prediction=d["prediction"])
 
 

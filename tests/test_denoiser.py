@@ -66,3 +66,24 @@ def test_bad_configs_are_clear_errors(tokenizer):
     with pytest.raises(ValueError, match="unknown prediction"):
         dataclasses.replace(config, prediction="score")
     assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("modulated", [True, False])
+def test_at_initialisation_only_the_modulated_output_norm_passes_the_noise_level_on(modulated, tokenizer):
+    # Every residual block's last conv starts at zero, so at initialisation no block lets t through;
+    # the modulated output norm is the direct path (see `UNet.__call__`).
+    config = preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length,
+                    modulated_output_norm=modulated)
+    model = create_model(config)
+    model.unet.out.kernel[...] = 0.1 * jnp.ones_like(model.unet.out.kernel[...])
+    xt = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+    ids = jnp.asarray(tokenizer.encode_batch(["a red flower"]))
+    change = float(jnp.abs(model(xt, jnp.array([0.1]), ids) - model(xt, jnp.array([0.9]), ids)).max())
+    assert (change > 1e-3) if modulated else (change < 1e-6)
+
+
+def test_configs_saved_before_the_modulated_output_norm_load_with_a_plain_one():
+    saved = preset("tiny", 10).to_dict()
+    del saved["unet"]["modulated_output_norm"]
+    assert ModelConfig.from_dict(saved).unet.modulated_output_norm is False
+    assert preset("tiny", 10).unet.modulated_output_norm is True
