@@ -60,6 +60,14 @@ def upsample_nearest(x):
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def modulate(h, projection: nnx.Linear, cond):
+    """Adaptive normalisation: h * (1 + scale) + shift, one scale and shift per channel, projected
+    from the conditioning (B, cond_dim) (Dhariwal & Nichol 2021, sec. 3; Peebles & Xie 2023, sec. 3.2).
+    h: (B, H, W, C), projection: cond_dim -> 2C."""
+    scale, shift = jnp.split(projection(jax.nn.silu(cond))[:, None, None, :], 2, axis=-1)
+    return h * (1.0 + scale) + shift
+
+
 class ResidualBlock(nnx.Module):
     """GroupNorm -> SiLU -> conv, modulated by the conditioning, twice, plus a skip.
 
@@ -79,8 +87,7 @@ class ResidualBlock(nnx.Module):
 
     def __call__(self, x, cond):  # x: (B, H, W, Cin), cond: (B, cond_dim)
         h = self.conv1(jax.nn.silu(self.norm1(x)))
-        scale, shift = jnp.split(self.cond(jax.nn.silu(cond))[:, None, None, :], 2, axis=-1)
-        h = self.norm2(h) * (1.0 + scale) + shift
+        h = modulate(self.norm2(h), self.cond, cond)
         h = self.conv2(jax.nn.silu(h))
         return h + (self.skip(x) if self.skip is not None else x)  # (B, H, W, Cout)
 
@@ -267,7 +274,6 @@ class UNet(nnx.Module):
             # blind to t). Here the noise level reaches the output directly. In 600-step runs of
             # the small preset this cut the plateau from 150 steps to 110 and the final loss
             # from 0.081 to 0.058.
-            scale, shift = jnp.split(self.out_cond(jax.nn.silu(cond))[:, None, None, :], 2, axis=-1)
-            h = h * (1.0 + scale) + shift
+            h = modulate(h, self.out_cond, cond)
         h = self.out(jax.nn.silu(h))
         return depth_to_space(h, c.patch_size)  # (B, H, W, C)
