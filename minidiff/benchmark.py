@@ -37,7 +37,7 @@ from minidiff.datasets import toy_dataset
 from minidiff.model import count_parameters, preset
 from minidiff.sampling import sample
 from minidiff.sharding import mesh_for_batch, replicate, shard_batch
-from minidiff.training import CompiledTrainStep, TrainConfig, diffusion_loss, new_train_state, train_step_on_arrays
+from minidiff.training import CompiledTrainStep, TrainConfig, diffusion_loss, new_train_state
 
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
@@ -121,7 +121,7 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
     g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
     step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)
     step_args = (schedule, images, ids, empty, key)
-    s_flops = _flops(train_step_on_arrays, step.graphdef, step.arrays, *step_args, config=config)
+    s_flops = _flops(step.program, step.arrays, *step_args)
     s_s = _median_seconds(lambda: step(*step_args), repeats)
     return {"forward": (f_s, f_flops), "backward": (g_s - f_s, g_flops - f_flops), "update": (s_s - g_s, s_flops - g_flops)}
 
@@ -135,7 +135,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)  # what `train` runs
     args = (schedule, images, ids, empty)
 
-    flops = _flops(train_step_on_arrays, step.graphdef, step.arrays, *args, jax.random.key(0), config=config)
+    flops = _flops(step.program, step.arrays, *args, jax.random.key(0))
     start = time.perf_counter()
     jax.block_until_ready(step(*args, jax.random.key(0)))
     compile_seconds = time.perf_counter() - start
