@@ -295,12 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train on the embedded dataset, then draw images for several captions",
-                               description="Train the small model on the embedded flowers and birds (about 6 minutes "
+                               description="Train the small model on the embedded flowers and birds (about 7 minutes "
                                "on a 2-core CPU), then write a grid of images generated from captions, some of them "
                                "attribute pairs never seen in training.")
-    # 1200 steps: at 600 the model draws each caption's main colour and not yet its parts (centres,
-    # wings); at 1200 to 1500 the parts appear (the README's "How well it follows captions").
-    _add_training_options(demo, steps=1200, out="runs/demo", sample_every=0)
+    # 1500 steps: at 600 the model draws each caption's main colour and not yet its parts (centres,
+    # wings); the wings appear between 1200 and 1500 (the README's "How well it follows captions").
+    _add_training_options(demo, steps=1500, out="runs/demo", sample_every=0)
     # 5 rather than the usual 3: a model trained for minutes follows its captions
     # more often with stronger guidance (measured with `minidiff adherence`).
     demo.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: %(default)s)")
