@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from minidiff.compilation import enable_compilation_cache
-from minidiff.evaluation import judge_path_beside, load_or_train_judge, reference_set, sampler_sweep
-from minidiff.training import load_for_sampling
+import minidiff
+from minidiff.evaluation.evaluate import judge_for, reference_set, sampler_sweep
+from minidiff.machinery.compilation import enable_compilation_cache
 
 # DDPM with 1000 steps is the reference; DDIM with 1000 steps is the deterministic samplers' own limit
 # (the exact solution of the ODE they all solve), the fairer target for them.
@@ -37,23 +37,22 @@ def main():
     args = parser.parse_args()
     enable_compilation_cache()
 
-    model, tokenizer, schedule = load_for_sampling(args.checkpoint)
-    reference = reference_set(args.dataset, model.config.unet.image_size, args.num_samples, data_dir=args.data_dir)
-    size = model.config.unet.image_size
-    judge = load_or_train_judge(args.judge or judge_path_beside(args.checkpoint, args.dataset, size), args.dataset, size,
-                                data_dir=args.data_dir, steps=args.judge_steps, must_exist=bool(args.judge),
-                                progress=not args.quiet)
-    rows = sampler_sweep(model, tokenizer, schedule, reference, judge, SETTINGS, num_samples=args.num_samples,
-                         guidance_scale=args.guidance, progress=not args.quiet)
+    generator = minidiff.load(args.checkpoint)
+    size = generator.image_shape[0]
+    reference = reference_set(args.dataset, size, args.num_samples, data_dir=args.data_dir)
+    judge = judge_for(args.checkpoint, args.dataset, size, path=args.judge, data_dir=args.data_dir,
+                      steps=args.judge_steps, progress=not args.quiet)
+    rows = sampler_sweep(generator, reference, judge, SETTINGS, num_samples=args.num_samples, guidance=args.guidance,
+                         progress=not args.quiet)
     baseline = rows[0]["judge_fd"]
     print(f"\n{args.num_samples} samples, guidance {args.guidance:g}; judge accuracy on real images: "
           + ", ".join(f"{k} {v:.0%}" for k, v in rows[0]["judge_accuracy_on_real"].items()))
-    print("| sampler | steps | NFE | judge FD | judge KID | adherence | FD vs DDPM-1000 |")
+    print("| sampler | steps | NFE | judge FD | judge KID | judge adherence | FD vs DDPM-1000 |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         change = (row["judge_fd"] - baseline) / baseline
         print(f"| {row['sampler']} | {row['steps']} | {row['nfe']} | {row['judge_fd']:.3f} | {row['judge_kid']:.4f} "
-              f"| {row['adherence_mean']:.1%} | {change:+.1%} |")
+              f"| {row['judge_adherence_mean']:.1%} | {change:+.1%} |")
     Path(args.out).write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out}")
 

@@ -16,13 +16,29 @@ therefore nothing more than the array alpha_bar (how much signal is left at
 each step). The schedule is plain data, not a module: losses and samplers take
 it as an argument.
 
-Images are NHWC float arrays in [-1, 1].
+Images are NHWC float arrays in [-1, 1]: `to_model_range` brings uint8
+pixels into that range, `to_uint8` takes samples back out of it.
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def to_model_range(images_uint8):
+    """uint8 pixels [0, 255] -> float32 [-1, 1], the range the forward process assumes.
+
+    Works on numpy arrays and, inside a compiled step, on JAX arrays alike.
+    """
+    return images_uint8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+    """float [-1, 1] -> uint8 pixels [0, 255] (clipping what a sampler overshoots); a numpy array."""
+    images = np.asarray(images, np.float32)
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class NoiseSchedule(NamedTuple):
@@ -200,6 +216,9 @@ def x0_and_eps(prediction: str, output, xt, alpha_bar_t):
     raise ValueError(f"unknown prediction {prediction!r}: choose one of {PREDICTIONS}")
 
 
-def continuous_time(t_index, num_steps: int):
-    """Step index 0..T-1 -> the noise level t in (0, 1] the network is told (1 = pure noise)."""
-    return (jnp.asarray(t_index, jnp.float32) + 1.0) / num_steps
+def network_time(step_index, num_steps: int):
+    """Step index 0..T-1 -> the time t in (0, 1] the network is told (1 = pure noise).
+
+    A fractional index (a noise level between two steps, see `sampling`) maps the same way.
+    """
+    return (jnp.asarray(step_index, jnp.float32) + 1.0) / num_steps

@@ -11,13 +11,12 @@ Presets are named sizes: `tiny` for tests, `small` for a CPU demo in minutes,
 import dataclasses
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from minidiff.captions import TextEncoder, TextEncoderConfig
 from minidiff.corruption import PREDICTIONS
 from minidiff.denoiser import UNet, UNetConfig
+from minidiff.machinery.initialisation import numpy_initialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,37 +41,37 @@ class ModelConfig:
         return cls(unet=UNetConfig(**unet), text=TextEncoderConfig(**d["text"]), prediction=d["prediction"])
 
 
+# Named sizes of the U-Net, and of the text encoder that goes with it (dim, depth, heads).
+UNET_PRESETS = {
+    # About 0.2 M parameters: for tests.
+    "tiny": UNetConfig(widths=(16, 32), attention_resolutions=(4,), heads=2, groups=4, cond_dim=32, caption_dim=32),
+    # About 3.0 M parameters: trains in minutes on a laptop CPU. Attention only at 4x4: at 8x8
+    # too, every step costs more (the README's "How well it follows captions" has what that buys).
+    "small": UNetConfig(widths=(32, 64, 96), attention_resolutions=(4,), cond_dim=128, caption_dim=128),
+    # About 56 M parameters (53 M in the U-Net), without the patch stem: for a GPU.
+    "base": UNetConfig(
+        patch_size=1, widths=(128, 256, 256, 256), blocks_per_level=2,
+        attention_resolutions=(16, 8), heads=8, groups=32, cond_dim=512, caption_dim=256,
+    ),
+}
+TEXT_PRESETS = {"tiny": (32, 1, 2), "small": (128, 2, 4), "base": (256, 4, 8)}
+PRESETS = tuple(UNET_PRESETS)
+
+
 def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 32, **overrides) -> ModelConfig:
     """A named model size. `overrides` replace fields of the U-Net config."""
-    unet_presets = {
-        # About 0.2 M parameters: for tests.
-        "tiny": UNetConfig(widths=(16, 32), attention_resolutions=(4,), heads=2, groups=4, cond_dim=32, caption_dim=32),
-        # About 3.0 M parameters: trains in minutes on a laptop CPU. Attention only
-        # at 4x4: at 8x8 too, each step takes 1.4x as long on a 2-core CPU (the README's
-        # "How well it follows captions" has what that buys).
-        "small": UNetConfig(widths=(32, 64, 96), attention_resolutions=(4,), cond_dim=128, caption_dim=128),
-        # About 56 M parameters (53 M in the U-Net), without the patch stem: for a GPU.
-        "base": UNetConfig(
-            patch_size=1, widths=(128, 256, 256, 256), blocks_per_level=2,
-            attention_resolutions=(16, 8), heads=8, groups=32, cond_dim=512, caption_dim=256,
-        ),
-    }
-    text_presets = {"tiny": (32, 1, 2), "small": (128, 2, 4), "base": (256, 4, 8)}  # dim, depth, heads
-    if name not in unet_presets:
-        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(unet_presets)}")
-    unet = dataclasses.replace(unet_presets[name], image_size=image_size, **overrides)
+    if name not in UNET_PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {PRESETS}")
+    unet = dataclasses.replace(UNET_PRESETS[name], image_size=image_size, **overrides)
     # Only sizes the user asked for are checked: a preset's own may miss at another image size
     # (the small preset at 64 px has no 4x4 level, so it attends in the middle only).
     missing = set(overrides.get("attention_resolutions", ())) - set(unet.level_sizes)
     if missing:
         raise ValueError(f"no level of the {name} U-Net at {image_size}px has feature maps of size "
                          f"{sorted(missing)}: attention can go at {list(unet.level_sizes)}")
-    dim, depth, heads = text_presets[name]
+    dim, depth, heads = TEXT_PRESETS[name]
     text = TextEncoderConfig(vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=heads)
     return ModelConfig(unet=unet, text=text)
-
-
-PRESETS = ("tiny", "small", "base")
 
 
 class TextToImage(nnx.Module):
@@ -92,46 +91,6 @@ class TextToImage(nnx.Module):
 
     def __call__(self, xt, t, token_ids):
         return self.denoise(xt, t, self.encode_captions(token_ids))
-
-
-def _initial_value(path, variable, rng: np.random.Generator) -> np.ndarray:
-    """The value Flax's default initialiser would draw, drawn with numpy.
-
-    Kernels: LeCun normal, a normal truncated at 2 standard deviations with
-    variance 1 / fan_in (LeCun et al. 1998; Flax's default). Biases zero, norm
-    scales one. Parameters marked `init_std` are N(0, init_std^2); those marked
-    `zero_init` start at zero.
-    """
-    shape, name, meta = variable.shape, path[-1], variable.get_metadata()
-    if meta.get("zero_init") or name == "bias":
-        return np.zeros(shape, np.float32)
-    if name == "scale":
-        return np.ones(shape, np.float32)
-    if "init_std" in meta:
-        return (rng.standard_normal(shape) * meta["init_std"]).astype(np.float32)
-    if name == "kernel":
-        fan_in = int(np.prod(shape[:-1]))
-        # 0.8796 is the standard deviation of a unit normal truncated to [-2, 2].
-        std = np.sqrt(1.0 / fan_in) / 0.87962566103423978
-        return (np.clip(rng.standard_normal(shape), -2.0, 2.0) * std).astype(np.float32)
-    raise ValueError(f"no initialiser for parameter {'/'.join(map(str, path))}")
-
-
-def numpy_initialised(make_module, seed: int = 0):
-    """`make_module(rngs)` built with random parameters — in about a second.
-
-    Built the usual way, every random initialiser is a separate XLA program
-    (XLA:CPU takes most of a second to compile each), which costs tens of
-    seconds. Instead we build the module abstractly (shapes only, nothing
-    computed) and fill in the values with numpy, following the same rules.
-    """
-    abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(seed)))
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(seed)
-    flat = nnx.to_flat_state(state)
-    for path, variable in flat:
-        variable.set_value(jnp.asarray(_initial_value(path, variable, rng)))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> TextToImage:

@@ -26,8 +26,14 @@ without the caption and extrapolates: out = uncond + w (cond - uncond). w = 1
 is the plain conditional model, w = 0 the unconditional one, w > 1 follows the
 caption more closely at some cost in diversity. Because x0, eps and v are
 affine in one another for fixed x_t, guiding any of them is the same.
+
+Each x0 prediction may be clipped before the step uses it. Pixel images live
+in [-1, 1], so clipping a prediction that overshoots ("static", the default)
+keeps strong guidance from driving colours out of range; a latent space has
+no such range ("none").
 """
 
+import math
 from functools import partial
 
 import jax
@@ -35,11 +41,28 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minidiff.corruption import NoiseSchedule, x0_and_eps
-from minidiff.sharding import gather_on_one_device, replicate, shard_batch
+from minidiff.corruption import NoiseSchedule, network_time, x0_and_eps
 
 SAMPLERS = ("ddpm", "ddim", "heun", "dpm++2m")
 SECOND_ORDER = ("heun", "dpm++2m")
+X0_CLIPPINGS = ("static", "none")  # what is done to each x0 prediction: clip to [-1, 1], or nothing
+
+
+def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, eta: float = 0.0,
+                   x0_clipping: str = "static") -> None:
+    """Raise a ValueError that says what is wrong with settings no sampler can run."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
+    fewest = 2 if sampler in SECOND_ORDER else 1
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < fewest:
+        raise ValueError(f"{sampler} needs a whole number of steps of at least {fewest}, got {num_steps!r}")
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"the guidance scale must be a finite number (1 = none, 0 = ignore the caption), "
+                         f"got {guidance_scale}")
+    if not 0.0 <= eta <= 1.0:  # also false for NaN
+        raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {eta}")
+    if x0_clipping not in X0_CLIPPINGS:
+        raise ValueError(f"unknown x0 clipping {x0_clipping!r}: choose one of {X0_CLIPPINGS}")
 
 
 def function_evaluations(sampler: str, num_steps: int) -> int:
@@ -89,27 +112,23 @@ SIGMA_MAX = 80.0
 
 def noise_levels(schedule: NoiseSchedule, sampler: str, num_steps: int) -> np.ndarray:
     """The alpha_bar of each of the `num_steps` levels a sampler visits, noisiest first."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
+    check_settings(sampler, num_steps)
     alpha_bar = np.asarray(schedule.alpha_bar, np.float64)
     if sampler not in SECOND_ORDER:
         return alpha_bar[timestep_sequence(schedule.num_steps, num_steps)]
-    if num_steps < 2:
-        raise ValueError(f"{sampler} needs at least 2 steps, got {num_steps}")
     sigmas = sigma_from_alpha_bar(alpha_bar)
     return alpha_bar_from_sigma(karras_sigmas(sigmas[0], min(sigmas[-1], SIGMA_MAX), num_steps))
 
 
-def network_time(schedule: NoiseSchedule, alpha_bar):
-    """The time input (in (0, 1]) at which the network saw this noise level in training.
+def step_index_of(schedule: NoiseSchedule, alpha_bar):
+    """The (fractional) training step at which the schedule reaches this noise level.
 
-    Step t of T was shown as (t + 1) / T (`continuous_time`); noise levels between
-    two steps get a fractional t, interpolated in log alpha_bar (as DPM-Solver does
-    for discrete-time models).
+    A noise level between two steps gets a fractional index, interpolated in
+    log alpha_bar (as DPM-Solver does for discrete-time models); the network is
+    then told `corruption.network_time` of it, as in training.
     """
     steps = jnp.arange(schedule.num_steps, dtype=jnp.float32)
-    t = jnp.interp(-jnp.log(alpha_bar), -jnp.log(schedule.alpha_bar), steps)
-    return (t + 1.0) / schedule.num_steps
+    return jnp.interp(-jnp.log(alpha_bar), -jnp.log(schedule.alpha_bar), steps)
 
 
 # --- Guidance -------------------------------------------------------------------------
@@ -128,7 +147,7 @@ def guided_output(model, xt, t, caption, empty_caption, guidance_scale, guided: 
 # --- Update rules: one step from noise level t to a less noisy s ----------------------
 
 
-def ddpm_step(key, xt, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta):
+def ddpm_step(key, xt, x0_pred, alpha_bar_t, alpha_bar_s):
     """Draw x_s ~ q(x_s | x_t, x0_pred), the Gaussian posterior (Ho et al. 2020, eqs. 6-7).
 
     Written for any earlier step s < t: with alpha_ts = alpha_bar_t / alpha_bar_s,
@@ -136,7 +155,6 @@ def ddpm_step(key, xt, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta):
            + sqrt(alpha_ts) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t
       var  = (1 - alpha_ts) (1 - alpha_bar_s) / (1 - alpha_bar_t).
     """
-    del eps_pred, eta
     alpha_ts = alpha_bar_t / alpha_bar_s
     mean = (jnp.sqrt(alpha_bar_s) * (1 - alpha_ts) * x0_pred + jnp.sqrt(alpha_ts) * (1 - alpha_bar_s) * xt) / (
         1 - alpha_bar_t
@@ -146,13 +164,14 @@ def ddpm_step(key, xt, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta):
 
 
 def ddim_step(key, xt, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta):
-    """x_s = sqrt(alpha_bar_s) x0 + sqrt(1 - alpha_bar_s - sigma^2) eps + sigma z (Song et al. 2021, eq. 12)
+    """x_s = sqrt(alpha_bar_s) x0 + sqrt(1 - alpha_bar_s - s^2) eps + s z (Song et al. 2021, eq. 12)
 
-    with sigma = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_s).
+    with the step's noise s = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_s)
+    (the paper's sigma_t; not Karras et al.'s sigma below, a noise level).
     """
-    sigma = eta * jnp.sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s))
-    direction = jnp.sqrt(jnp.maximum(1 - alpha_bar_s - sigma**2, 0.0)) * eps_pred
-    return jnp.sqrt(alpha_bar_s) * x0_pred + direction + sigma * jax.random.normal(key, xt.shape)
+    noise_std = eta * jnp.sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s))
+    direction = jnp.sqrt(jnp.maximum(1 - alpha_bar_s - noise_std**2, 0.0)) * eps_pred
+    return jnp.sqrt(alpha_bar_s) * x0_pred + direction + noise_std * jax.random.normal(key, xt.shape)
 
 
 # The second-order solvers work on x / sqrt(alpha_bar) = x0 + sigma eps (Karras et al.'s
@@ -193,23 +212,25 @@ def dpm_solver_2m_step(xt, x0_pred, previous_x0, alpha_bar_t, alpha_bar_s, previ
 # --- The loop -------------------------------------------------------------------------
 
 
-@partial(nnx.jit, static_argnames=("sampler", "guided", "keep_trajectory"))
+@partial(nnx.jit, static_argnames=("sampler", "guided", "x0_clipping", "keep_trajectory"))
 def _sample_loop(
     model, schedule: NoiseSchedule, levels, token_ids, empty_ids, key, noise, guidance_scale, eta,
-    sampler: str, guided: bool, keep_trajectory: bool,
+    sampler: str, guided: bool, x0_clipping: str, keep_trajectory: bool,
 ):
     caption = model.encode_captions(token_ids)  # once, reused at every step
     empty_caption = model.encode_captions(empty_ids)
     batch = noise.shape[0]
 
     def denoise(x, alpha_bar):
-        """(x0_pred, eps_pred) at noise level alpha_bar, guided, with x0 clipped to the image range."""
-        time = jnp.full((batch,), network_time(schedule, alpha_bar))
+        """(x0_pred, eps_pred) at noise level alpha_bar, guided, with x0 clipped as asked."""
+        time = jnp.full((batch,), network_time(step_index_of(schedule, alpha_bar), schedule.num_steps))
         output = guided_output(model, x, time, caption, empty_caption, guidance_scale, guided)
-        x0_pred, _ = x0_and_eps(model.config.prediction, output, x, jnp.full((batch,), alpha_bar))
-        # Images live in [-1, 1]: clip the prediction and recompute eps to match it.
-        x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
-        return x0_pred, (x - jnp.sqrt(alpha_bar) * x0_pred) / jnp.sqrt(1 - alpha_bar)
+        x0_pred, eps_pred = x0_and_eps(model.config.prediction, output, x, jnp.full((batch,), alpha_bar))
+        if x0_clipping == "static":
+            # Clip the prediction to the image range and recompute eps to match it.
+            x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
+            eps_pred = (x - jnp.sqrt(alpha_bar) * x0_pred) / jnp.sqrt(1 - alpha_bar)
+        return x0_pred, eps_pred
 
     def one_step(carry, level_pair):
         x, key, previous_x0, previous_h = carry
@@ -218,7 +239,7 @@ def _sample_loop(
         x0_pred, eps_pred = denoise(x, alpha_bar_t)
         h = previous_h
         if sampler == "ddpm":
-            x = ddpm_step(step_key, x, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta)
+            x = ddpm_step(step_key, x, x0_pred, alpha_bar_t, alpha_bar_s)
         elif sampler == "ddim":
             x = ddim_step(step_key, x, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta)
         elif sampler == "heun":
@@ -239,42 +260,35 @@ def _sample_loop(
 def sample(
     model,
     schedule: NoiseSchedule,
+    noise,
     token_ids,
     empty_ids,
-    seed: int = 0,
+    key=None,
     *,
     num_steps: int = 50,
     sampler: str = "ddim",
     eta: float = 0.0,
     guidance_scale: float = 1.0,
+    x0_clipping: str = "static",
     keep_trajectory: bool = False,
-    mesh=None,
 ):
-    """Generate one image per row of `token_ids` (B, L); returns (B, H, W, C) in [-1, 1].
+    """Denoise `noise` (B, H, W, C), pure Gaussian noise, into one image per caption; (B, H, W, C).
 
-    `empty_ids` are the "no caption" ids (`Tokenizer.empty`), used for guidance.
+    token_ids (B, L) are the captions, empty_ids (B, L) the "no caption" ids
+    (`Tokenizer.empty(B)`), used for guidance. `key` drives the fresh noise of
+    DDPM and of DDIM with eta > 0 (the other samplers are deterministic).
     `eta` applies to DDIM only. With keep_trajectory, also returns the x0
     prediction at every step, (num_steps, B, H, W, C). One compilation per
-    (batch shape, num_steps, sampler). With a `mesh` (`minidiff.sharding.mesh_for_batch`),
-    the rows are split over its devices and the model is replicated on them
-    (in place); the images are the same. Without one, the model is gathered
-    onto one device (in place) if it was replicated.
+    (batch shape, num_steps, sampler). The arrays stay where the caller put
+    them: rows split over devices, with the model replicated on them, are
+    sampled there (`minidiff.generator.Generator` does that).
     """
+    check_settings(sampler, num_steps, guidance_scale, eta, x0_clipping)
     levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
-    config = model.config.unet
-    token_ids = jnp.asarray(token_ids)
-    batch = token_ids.shape[0]
-    empty_ids = jnp.broadcast_to(jnp.asarray(empty_ids)[:1], token_ids.shape)
-    noise_key, loop_key = jax.random.split(jax.random.key(seed))
-    noise = jax.random.normal(noise_key, (batch, config.image_size, config.image_size, config.channels))
-    if mesh is not None:
-        replicate(model, mesh)
-        token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh) for rows in (token_ids, empty_ids, noise))
-    else:
-        gather_on_one_device(model)  # in case an earlier call replicated it
+    key = jax.random.key(0) if key is None else key
     images, trajectory = _sample_loop(
-        model, schedule, levels, token_ids, empty_ids, loop_key, noise,
+        model, schedule, levels, token_ids, empty_ids, key, noise,
         jnp.float32(guidance_scale), jnp.float32(eta),
-        sampler=sampler, guided=guidance_scale != 1.0, keep_trajectory=keep_trajectory,
+        sampler=sampler, guided=guidance_scale != 1.0, x0_clipping=x0_clipping, keep_trajectory=keep_trajectory,
     )
     return (images, trajectory) if keep_trajectory else images

@@ -8,12 +8,14 @@ One step (Ho et al. 2020, Algorithm 1, with a caption):
   output on eps (or x0, or v) with a squared error.
 
 The loop adds what a real run needs: AdamW with warm-up, an exponential moving
-average (EMA) of the weights for sampling, a progress bar, a loss curve and
-sample grids saved as PNG, atomic checkpoints, exact resume, and a clear stop
-on a NaN loss.
+average (EMA) of the weights for sampling, a progress bar, checkpoints and
+exact resume, a call-back where the caller draws sample grids, and a clear
+stop on a NaN loss. How a step runs fast (`machinery.compiled_step`) and how a
+checkpoint is written (`machinery.checkpoints`) live with the run's machinery.
 """
 
 import dataclasses
+import math
 import time
 from functools import cache
 from pathlib import Path
@@ -26,10 +28,16 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from minidiff.captions import Tokenizer
-from minidiff.checkpoints import Checkpoint, CheckpointError, save_checkpoint
-from minidiff.corruption import NoiseSchedule, continuous_time, make_schedule, prediction_target, q_sample, snr
+from minidiff.corruption import (SCHEDULES, NoiseSchedule, make_schedule, network_time, prediction_target, q_sample,
+                                 snr, to_model_range)
 from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices, mirror_some
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, save_run
+from minidiff.machinery.compiled_step import CompiledStep
+from minidiff.machinery.sharding import check_batch_size, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage, create_model
+
+LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +51,44 @@ class TrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     horizontal_flip: bool = False  # mirror half of each batch (only where captions say nothing of left and right)
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # one of corruption.SCHEDULES
     num_timesteps: int = 1000
     loss_weighting: str = "clipped_snr"  # one of LOSS_WEIGHTINGS (see `loss_weight`)
     min_snr_gamma: float = 5.0  # the cap of both SNR weightings
-    precision: str = "float32"  # "bfloat16": bf16 weights and activations in the step, float32 master weights
+    precision: str = "float32"  # one of PRECISIONS; "bfloat16": bf16 weights and activations in the step, float32 master weights
     seed: int = 0
     log_every: int = 10  # steps between progress-bar updates (each one waits for the device)
     sample_every: int = 0  # steps between sample grids; 0 = only at the end
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints; 0 = only at the end
+
+    def __post_init__(self):
+        """Refuse settings that cannot train, saying which and why (the command line shows these)."""
+        whole = lambda value: isinstance(value, (int, np.integer))  # noqa: E731
+        for name, smallest in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("num_timesteps", 2),
+                               ("warmup_steps", 0), ("seed", 0), ("sample_every", 0), ("checkpoint_every", 0)):
+            value = getattr(self, name)
+            _require(whole(value) and value >= smallest, name, value, f"a whole number of at least {smallest}")
+        for name in ("learning_rate", "grad_clip", "min_snr_gamma"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value > 0, name, value, "a positive number")
+        _require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                 "a number of at least 0")
+        for name in ("ema_decay", "caption_dropout"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, name, value, "a number between 0 and 1")  # false for NaN too
+        for name, options in (("schedule", tuple(SCHEDULES)), ("loss_weighting", LOSS_WEIGHTINGS),
+                              ("precision", PRECISIONS)):
+            value = getattr(self, name)
+            _require(value in options, name, value, f"one of {options}")
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """The forward process this run trains on (and its samplers walk back)."""
+        return make_schedule(self.schedule, self.num_timesteps)
+
+
+def _require(ok: bool, name: str, value, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,9 +96,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # --- The loss ----------------------------------------------------------------------
-
-
-LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
 
 
 def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
@@ -95,9 +129,6 @@ def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
     return {"eps": x0_weight / snr_t, "x0": x0_weight, "v": x0_weight / (snr_t + 1.0)}[prediction]
 
 
-PRECISIONS = ("float32", "bfloat16")
-
-
 def in_bfloat16(model: nnx.Module) -> nnx.Module:
     """A copy of `model` whose floating-point parameters are bfloat16.
 
@@ -114,18 +145,16 @@ def in_bfloat16(model: nnx.Module) -> nnx.Module:
 
 def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, key, config: TrainConfig):
     """The training loss on one batch: x0 (B, H, W, C) in [-1, 1], token_ids (B, L)."""
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {config.precision!r}: choose one of {PRECISIONS}")
     t_key, eps_key = jax.random.split(key)
     batch = x0.shape[0]
-    t = jax.random.randint(t_key, (batch,), 0, schedule.num_steps)
-    alpha_bar_t = schedule.alpha_bar[t]
+    t_index = jax.random.randint(t_key, (batch,), 0, schedule.num_steps)  # a step of the forward process per image
+    alpha_bar_t = schedule.alpha_bar[t_index]
     eps = jax.random.normal(eps_key, x0.shape)
     xt = q_sample(x0, alpha_bar_t, eps)
     prediction = model.config.prediction
     if config.precision == "bfloat16":
         model, xt = in_bfloat16(model), xt.astype(jnp.bfloat16)
-    output = model(xt, continuous_time(t, schedule.num_steps), token_ids).astype(jnp.float32)  # the loss in float32
+    output = model(xt, network_time(t_index, schedule.num_steps), token_ids).astype(jnp.float32)  # the loss in float32
     target = prediction_target(prediction, x0, eps, alpha_bar_t)
     per_example = jnp.mean((output - target) ** 2, axis=(1, 2, 3))
     weight = loss_weight(config.loss_weighting, prediction, snr(alpha_bar_t), config.min_snr_gamma)
@@ -141,9 +170,8 @@ def drop_captions(key, token_ids, empty_ids, probability: float):
 def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config: TrainConfig):
     """One optimisation step; returns the loss. Updates model, optimizer and ema in place.
 
-    Plain Python: `compile_train_step` compiles it, and `train` calls that
-    through `CompiledTrainStep`."""
-    x0 = images_uint8.astype(jnp.float32) / 127.5 - 1.0  # uint8 -> [-1, 1] on the device
+    Plain Python: `train` runs it compiled, as a `machinery.compiled_step.CompiledStep`."""
+    x0 = to_model_range(images_uint8)  # on the device
     drop_key, loss_key = jax.random.split(key)
     token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
     loss, grads = nnx.value_and_grad(diffusion_loss)(model, schedule, x0, token_ids, loss_key, config)
@@ -158,70 +186,12 @@ def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_i
 
 
 @cache
-def compile_train_step(graphdef, treedef, config: TrainConfig):
-    """`train_step` as a compiled pure function of the modules' arrays, in one flat list:
-    (arrays, schedule, images_uint8, token_ids, empty_ids, key) -> (new arrays, loss).
-
-    `graphdef` (the modules' structure, from `nnx.split`) and `treedef` (how the
-    arrays sit in their `nnx.State`) are baked into the program rather than passed
-    to every call as static arguments: jax.jit hashes those on every call, and
-    hashing the small preset's graphdef took about 20 ms. One program per
-    (structure, config), shared by every run of it in this process (hence the cache)."""
-
-    def step_on_arrays(arrays, schedule, images_uint8, token_ids, empty_ids, key):
-        model, optimizer, ema = nnx.merge(graphdef, jax.tree.unflatten(treedef, arrays))
-        loss = train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config)
-        new_arrays, new_treedef = jax.tree.flatten(nnx.state((model, optimizer, ema)))
-        assert new_treedef == treedef, "the train step changed the modules' structure"
-        return new_arrays, loss
-
-    return jax.jit(step_on_arrays, donate_argnums=0)
-
-
-class CompiledTrainStep:
-    """The train step of a run, called on a flat list of arrays rather than on modules.
-
-    `nnx.jit(train_step)` would compile the same program, but on every call it
-    walks the Python object graph of the model, the optimizer and the EMA to
-    collect their arrays, and again to write the results back: about 40 ms
-    per step on a 2-core CPU, a quarter of a tiny-preset step. So the
-    modules are split once into their structure (`graphdef`) and their
-    arrays (Flax's "functional training loop"), and the arrays flattened into
-    a list: each step passes only that list to the program of
-    `compile_train_step` and gets the new one back. Handing JAX a list of
-    arrays, rather than an `nnx.State` of Variables to flatten and a graphdef
-    to hash, took a small-preset step's dispatch from ~27 to ~6 ms on one CPU
-    device. The arrays are donated: XLA writes the new weights and Adam
-    moments over the old ones instead of allocating a second copy of them
-    every step.
-
-    The modules see the new arrays only after `sync()`; in between, the arrays
-    they hold have been donated (deleted). Sync before reading them.
-    """
-
-    def __init__(self, model, optimizer, ema, config: TrainConfig):
-        self.modules = (model, optimizer, ema)
-        graphdef, state = nnx.split(self.modules)
-        self.arrays, self.treedef = jax.tree.flatten(state)
-        self.program = compile_train_step(graphdef, self.treedef, config)
-
-    def __call__(self, schedule, images_uint8, token_ids, empty_ids, key):
-        """One step on the current arrays; returns the loss (on the device)."""
-        self.arrays, loss = self.program(self.arrays, schedule, images_uint8, token_ids, empty_ids, key)
-        return loss
-
-    def sync(self):
-        """Put the current arrays back into the model, optimizer and EMA modules."""
-        nnx.update(self.modules, jax.tree.unflatten(self.treedef, self.arrays))
-
-
-@cache
 def adamw_transform(config: TrainConfig) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) with linear warm-up, cosine decay and gradient clipping.
 
     One object per configuration (hence the cache): the optimizer keeps it in
     its static structure, so a run with a new but equal one would look like a
-    new program to `compile_train_step` and be traced again (seconds)."""
+    new program to the compiled step and be traced again."""
     learning_rate = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
         end_value=0.1 * config.learning_rate,
@@ -252,15 +222,6 @@ class TrainState:
     step: int = 0
     losses: list = dataclasses.field(default_factory=list)  # (step, loss) pairs
 
-    def save(self, path) -> Path:
-        header = {
-            "step": self.step,
-            "model_config": self.model.config.to_dict(),
-            "train_config": dataclasses.asdict(self.config),
-            "tokenizer": self.tokenizer.to_dict(),
-            "losses": self.losses,
-        }
-        return save_checkpoint(path, header, model=self.model, ema=self.ema, optimizer=self.optimizer)
 
 
 def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: TrainConfig) -> TrainState:
@@ -272,33 +233,27 @@ def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: Tra
 
 
 def resume_train_state(path, config: TrainConfig | None = None) -> TrainState:
-    """Reopen a run from its checkpoint; `config` may extend `steps`, nothing else."""
+    """Reopen a run from its checkpoint (`machinery.checkpoints.save_run`); `config` may extend `steps`, nothing else."""
     checkpoint = Checkpoint(path)
-    header = checkpoint.header
-    saved = TrainConfig(**header["train_config"])
+    saved, model_config, tokenizer, step, losses = checkpoint.fields(
+        "train_config", "model_config", "tokenizer", "step", "losses", kind="training run")
+    saved = TrainConfig(**saved)
     if config is not None and dataclasses.replace(config, steps=saved.steps) != saved:
         changed = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
         raise CheckpointError(
             f"cannot resume {path} with different settings ({', '.join(changed)}); "
             "only the number of steps may change"
         )
-    config = config or saved
-    state = new_train_state(ModelConfig.from_dict(header["model_config"]), Tokenizer.from_dict(header["tokenizer"]), config)
+    state = new_train_state(ModelConfig.from_dict(model_config), Tokenizer.from_dict(tokenizer), config or saved)
     for name in ("model", "ema", "optimizer"):
         checkpoint.restore(name, getattr(state, name))
-    state.step = int(header["step"])
-    state.losses = [tuple(x) for x in header["losses"]]
+    state.step, state.losses = int(step), [tuple(x) for x in losses]
     return state
 
 
-def load_for_sampling(path, use_ema: bool = True):
-    """(model, tokenizer, schedule) from a checkpoint, with the EMA weights unless told otherwise."""
-    checkpoint = Checkpoint(path)
-    header = checkpoint.header
-    model = create_model(ModelConfig.from_dict(header["model_config"]))
-    checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
-    train_config = header["train_config"]
-    return model, Tokenizer.from_dict(header["tokenizer"]), make_schedule(train_config["schedule"], train_config["num_timesteps"])
+def compiled_train_step(state: TrainState) -> CompiledStep:
+    """`train_step` on the state's model, optimizer and EMA, compiled: what `train` runs each step."""
+    return CompiledStep(train_step, (state.model, state.optimizer, state.ema), state.config)
 
 
 def tokenize_dataset(dataset: CaptionedImages, tokenizer: Tokenizer):
@@ -310,6 +265,18 @@ def tokenize_dataset(dataset: CaptionedImages, tokenizer: Tokenizer):
     return ids, counts
 
 
+def _checked_losses(pending, config: TrainConfig) -> list[tuple[int, float]]:
+    """The losses of the last steps, read back from the device; a NaN or infinity stops the run."""
+    values = [(step, float(loss)) for step, loss in pending]
+    bad = [step for step, loss in values if not np.isfinite(loss)]
+    if bad:
+        raise TrainingDiverged(
+            f"the loss became {values[-1][1]} at step {bad[0]}; lower the learning rate "
+            f"(now {config.learning_rate}) or the gradient clip (now {config.grad_clip})"
+        )
+    return values
+
+
 def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=None, progress: bool = True,
           mesh=None) -> TrainState:
     """Train until `state.config.steps`, from wherever `state` is.
@@ -317,8 +284,8 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
     With `out_dir`, writes out_dir/checkpoint.npz every checkpoint_every steps
     and at the end. `on_report(state)` is called every sample_every steps and
     at the end (the CLI saves sample grids and the loss curve there). With a
-    `mesh` (`minidiff.sharding.data_mesh()`), each batch is split over its
-    devices and the parameters replicated: data-parallel training.
+    `mesh` (`minidiff.machinery.sharding.data_mesh()`), each batch is split over
+    its devices and the parameters replicated: data-parallel training.
     """
     config = state.config
     if dataset.image_size != state.model.config.unet.image_size:
@@ -328,19 +295,17 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
         )
     put_batch = jnp.asarray
     if mesh is not None:
-        from minidiff.sharding import check_batch_size, replicate, shard_batch
-
         check_batch_size(config.batch_size, mesh)
         for module in (state.model, state.optimizer, state.ema):
             replicate(module, mesh)
         put_batch = lambda rows: shard_batch(rows, mesh)  # noqa: E731
-    schedule = make_schedule(config.schedule, config.num_timesteps)
+    schedule = config.noise_schedule()
     ids, counts = tokenize_dataset(dataset, state.tokenizer)
     empty_ids = jnp.asarray(state.tokenizer.empty(1)[0])
     base_key = jax.random.key(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.npz" if out_dir is not None else None
 
-    step_on_device = CompiledTrainStep(state.model, state.optimizer, state.ema, config)
+    step_on_device = compiled_train_step(state)
     pending = []  # (step, loss on the device), read back every log_every steps, not every step
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="training", unit="step")
     window_start, window_images = time.perf_counter(), 0
@@ -364,15 +329,9 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
             save = checkpoint_path is not None and (done or _every(state.step, config.checkpoint_every))
             report = on_report is not None and (done or _every(state.step, config.sample_every))
             if len(pending) >= config.log_every or save or report or done:
-                # Check every loss before anything is saved, so a NaN never reaches a checkpoint.
-                values = [(s, float(v)) for s, v in pending]
+                # Every loss is checked before anything is saved, so a NaN never reaches a checkpoint.
+                values = _checked_losses(pending, config)
                 pending.clear()
-                bad = [s for s, v in values if not np.isfinite(v)]
-                if bad:
-                    raise TrainingDiverged(
-                        f"the loss became {values[-1][1]} at step {bad[0]}; lower the learning rate "
-                        f"(now {config.learning_rate}) or the gradient clip (now {config.grad_clip})"
-                    )
                 state.losses.extend(values)
                 elapsed = time.perf_counter() - window_start
                 bar.set_postfix(loss=f"{np.mean([v for _, v in values]):.4f}", img_per_s=f"{window_images / elapsed:.0f}")
@@ -380,7 +339,7 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
             if save or report:
                 step_on_device.sync()
             if save:
-                state.save(checkpoint_path)
+                save_run(checkpoint_path, state)
             if report:
                 on_report(state)
     finally:  # however the loop ends (done, a NaN, Ctrl-C), the modules hold the latest arrays

@@ -1,11 +1,12 @@
-"""Shared fixtures: a tiny dataset, tokenizer and model, and a persistent compilation cache."""
+"""Shared fixtures: a tiny dataset, tokenizer, model and training configuration, and a persistent
+compilation cache."""
 
 from pathlib import Path
 
 import pytest
 
-from minidiff.compilation import enable_compilation_cache
-from minidiff.sharding import one_device_per_cpu_core
+from minidiff.machinery.compilation import enable_compilation_cache
+from minidiff.machinery.sharding import one_device_per_cpu_core
 
 # Compiled programs are kept on disk between runs: a second test run skips most compilation.
 enable_compilation_cache(Path(__file__).resolve().parent.parent / ".jax_cache")
@@ -17,8 +18,12 @@ from minidiff.datasets import toy_dataset  # noqa: E402
 from minidiff.model import create_model, preset  # noqa: E402
 from minidiff.training import TrainConfig  # noqa: E402
 
-# One training configuration for every test that trains, so the step compiles once.
-TINY_TRAIN = TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup_steps=2, log_every=1, checkpoint_every=3, sample_every=3)
+
+@pytest.fixture(scope="session")
+def train_config():
+    """One training configuration for every test that trains, so that its step compiles once."""
+    return TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup_steps=2, log_every=1, checkpoint_every=3,
+                       sample_every=3)
 
 
 @pytest.fixture(scope="session")

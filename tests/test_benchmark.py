@@ -2,7 +2,7 @@
 
 import types
 
-from minidiff.benchmark import format_row, peak_flops, table_header
+from minidiff.command.benchmark import format_row, peak_flops, table_header
 
 
 def test_peak_flops_picks_the_right_device_and_precision():

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff.captions import BOS, PAD, UNK, CaptionError, Tokenizer, attention
+from minidiff.attention import attention
+from minidiff.captions import BOS, PAD, UNK, CaptionError, Tokenizer
 from minidiff.model import create_model, preset
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.checkpoints import Checkpoint, CheckpointError, atomic_write, save_checkpoint
+from minidiff.machinery.atomic import atomic_write
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, save_checkpoint
 from minidiff.model import create_model, preset
 
 

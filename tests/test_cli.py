@@ -1,9 +1,30 @@
+import inspect
 import json
 
 import pytest
 
-from minidiff.checkpoints import Checkpoint
-from minidiff.cli import build_parser, main
+from minidiff.command.cli import DEMO_GUIDANCE, DEMO_STEPS, build_parser, main
+from minidiff.command.options import TRAIN_OPTIONS
+from minidiff.corruption import PREDICTIONS
+from minidiff.datasets import DATASETS, load_dataset
+from minidiff.generator import Generator
+from minidiff.machinery.checkpoints import Checkpoint
+from minidiff.model import PRESETS, ModelConfig, preset
+from minidiff.sampling import SAMPLERS, X0_CLIPPINGS
+from minidiff.training import PRECISIONS, TrainConfig
+
+
+def defaults_of(function) -> dict:
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+
+def subcommand(name):
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices[name]
+
+
+def option(command, flag):
+    return next(a for a in subcommand(command)._actions if flag in a.option_strings)
 
 
 def test_help_explains_every_command_and_option(capsys):
@@ -12,39 +33,103 @@ def test_help_explains_every_command_and_option(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         text = capsys.readouterr().out
-        for action in parser._subparsers._group_actions[0].choices[command]._actions:
+        for action in subcommand(command)._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{command} {action.option_strings} has no help text"
                 assert action.option_strings[-1] in text
 
 
-def test_train_then_sample_writes_a_grid(tmp_path, capsys):
-    run = tmp_path / "run"
+def test_option_defaults_and_choices_are_the_libraries_own():
+    """Every option that sets a config field or a function's parameter has that field's default (but
+    for the few a command changes on purpose), and its choices are the module's own tuple."""
+    intended = {("demo", "steps"): DEMO_STEPS, ("train", "sample_every"): 500, ("demo", "sample_every"): 0}
+    defaults = TrainConfig()
+    for command in ("demo", "train"):
+        for name in TRAIN_OPTIONS:
+            flag = "--" + name.replace("_", "-")
+            expected = intended.get((command, name), getattr(defaults, name))
+            assert option(command, flag).default == expected, (command, flag)
+        assert option(command, "--prediction").default == ModelConfig.prediction
+        assert option(command, "--image-size").default == defaults_of(preset)["image_size"]
+        assert option(command, "--num-images").default == defaults_of(load_dataset)["num_images"]
+        assert option(command, "--data-seed").default == defaults_of(load_dataset)["seed"]
+        assert tuple(option(command, "--prediction").choices) == PREDICTIONS
+        assert tuple(option(command, "--preset").choices) == PRESETS
+        assert tuple(option(command, "--dataset").choices) == DATASETS
+        assert tuple(option(command, "--precision").choices) == PRECISIONS
+    assert option("demo", "--guidance").default == DEMO_GUIDANCE
+    sample_defaults = defaults_of(Generator.sample)
+    for command in ("sample", "evaluate"):
+        for name in ("sampler", "steps", "guidance", "seed"):
+            assert option(command, "--" + name).default == sample_defaults[name], (command, name)
+        assert tuple(option(command, "--sampler").choices) == SAMPLERS
+    assert option("sample", "--eta").default == sample_defaults["eta"]
+    assert tuple(option("sample", "--x0-clipping").choices) == X0_CLIPPINGS
+    assert option("bench", "--precision").default == TrainConfig.precision
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run of `minidiff train`, shared by the tests that need a checkpoint."""
+    run = tmp_path_factory.mktemp("cli") / "run"
     args = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2",
-            "--batch-size", "4", "--sample-every", "0", "--out", str(run), "--quiet"]
-    # Attention at a size no level has: a clear message, nothing written.
-    assert main([*args, "--attention-at", "8", "5"]) == 2
-    assert "attention can go at [8, 4]" in capsys.readouterr().err and not run.exists()
-    assert main([*args, "--attention-at", "8", "4"]) == 0
-    assert (run / "checkpoint.npz").is_file() and (run / "loss.png").is_file()
-    assert Checkpoint(run / "checkpoint.npz").header["model_config"]["unet"]["attention_resolutions"] == [8, 4]
+            "--batch-size", "4", "--sample-every", "0", "--out", str(run), "--quiet", "--attention-at", "8", "4"]
+    assert main(args) == 0
+    return run
+
+
+def test_train_then_sample_and_evaluate(trained, tmp_path, capsys):
+    assert (trained / "checkpoint.npz").is_file() and (trained / "loss.png").is_file()
+    assert Checkpoint(trained / "checkpoint.npz").header["model_config"]["unet"]["attention_resolutions"] == [8, 4]
     grid = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",
+    assert main(["sample", "--checkpoint", str(trained / "checkpoint.npz"), "--caption", "a red flower",
                  "--caption", "a blue bird", "--steps", "2", "--per-caption", "2", "--out", str(grid)]) == 0
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Evaluate: trains a judge once (kept beside the checkpoint), then writes metrics and a grid.
     evaluation = tmp_path / "evaluation"
-    args = ["evaluate", "--checkpoint", str(run / "checkpoint.npz"), "--num-samples", "4", "--sampler", "heun",
+    args = ["evaluate", "--checkpoint", str(trained / "checkpoint.npz"), "--num-samples", "4", "--sampler", "heun",
             "--steps", "2", "--judge-steps", "2", "--out", str(evaluation), "--quiet"]
     assert main(args) == 0
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    assert metrics["nfe"] == 3 and metrics["num_samples"] == 4 and 0 <= metrics["adherence_mean"] <= 1
-    assert (run / "judge-toy-16px.npz").is_file() and (evaluation / "samples.png").is_file()
+    assert metrics["nfe"] == 3 and metrics["num_samples"] == 4 and 0 <= metrics["judge_adherence_mean"] <= 1
+    assert (trained / "judge-toy-16px.npz").is_file() and (evaluation / "samples.png").is_file()
 
-    # Bad input: a clear message and exit status 2, nothing written.
-    bad = tmp_path / "bad.png"
-    assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "", "--out", str(bad)]) == 2
-    assert "has no words" in capsys.readouterr().err and not bad.exists()
+
+@pytest.mark.parametrize("args, message", [
+    (["--caption", ""], "has no words"),
+    (["--caption", "a flower", "--guidance", "nan"], "guidance scale must be a finite number"),
+    (["--caption", "a flower", "--eta", "2"], "eta must be between 0"),
+])
+def test_bad_sampling_input_is_a_clear_error_and_writes_nothing(trained, tmp_path, capsys, args, message):
+    out = tmp_path / "bad.png"
+    assert main(["sample", "--checkpoint", str(trained / "checkpoint.npz"), "--out", str(out), *args]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error and not out.exists()
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2", "--out", str(run),
+            "--quiet"]
+    for extra, message in ((["--batch-size", "0"], "batch_size must be a whole number of at least 1, got 0"),
+                           (["--learning-rate", "-1"], "learning_rate must be a positive number, got -1.0"),
+                           (["--learning-rate", "nan"], "learning_rate must be a positive number"),
+                           (["--attention-at", "8", "5"], "attention can go at [8, 4]")):
+        assert main([*base, *extra]) == 2, extra
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error, (extra, error)
+        assert not run.exists()
+    # The demo checks its grid's guidance before minutes of training.
+    assert main(["demo", "--guidance", "inf", "--out", str(run)]) == 2
+    assert "guidance scale must be a finite number" in capsys.readouterr().err and not run.exists()
+    # Options only the command has are checked by argparse, with usage and exit status 2.
+    for command in (["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--per-caption", "0"],
+                    ["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--steps", "-3"],
+                    ["evaluate", "--checkpoint", "x.npz", "--num-samples", "1"],
+                    ["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--sampler", "euler"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(command)
+        assert exit_.value.code == 2 and "error: argument" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "none.npz"), "--caption", "a flower"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err

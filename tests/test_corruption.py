@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from minidiff.corruption import (
-    continuous_time, cosine_alpha_bar, cosine_schedule, linear_alpha_bar, linear_schedule, make_schedule,
-    prediction_target, q_sample, q_step, recolour_pixels, snr, x0_and_eps,
+    cosine_alpha_bar, cosine_schedule, linear_alpha_bar, linear_schedule, make_schedule, network_time,
+    prediction_target, q_sample, q_step, recolour_pixels, snr, to_model_range, to_uint8, x0_and_eps,
 )
 
 
@@ -30,7 +30,7 @@ def test_linear_schedule_matches_ho_et_al():
 
 
 def test_discrete_schedules_follow_their_continuous_curves():
-    t = np.asarray(continuous_time(np.arange(1000), 1000))
+    t = np.asarray(network_time(np.arange(1000), 1000))
     np.testing.assert_allclose(cosine_schedule(1000).alpha_bar[:-30], cosine_alpha_bar(t)[:-30], rtol=1e-4)
     # The linear betas are a Riemann sum of the continuous rate: close in log alpha_bar, not equal.
     log_discrete, log_continuous = np.log(linear_schedule(1000).alpha_bar), np.log(linear_alpha_bar(t))
@@ -76,3 +76,12 @@ def test_recolour_pixels_replaces_the_asked_fraction():
     assert jnp.array_equal(recolour_pixels(key, x0, 0.0), x0)
     changed = jnp.any(recolour_pixels(key, x0, jnp.array([0.0, 0.3, 0.7, 1.0])) != 0, axis=-1).mean(axis=(1, 2))
     np.testing.assert_allclose(changed, [0.0, 0.3, 0.7, 1.0], atol=0.05)
+
+
+def test_pixel_range_round_trip():
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+    x = to_model_range(images)
+    assert x.dtype == np.float32 and x.min() == -1 and x.max() == 1
+    assert np.array_equal(to_uint8(x), images)
+    # The same rule inside a compiled program, on JAX arrays.
+    np.testing.assert_allclose(jax.jit(to_model_range)(jnp.asarray(images)), x, atol=1e-6)  # XLA may round differently

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from minidiff.datasets import CaptionedImages, load_dataset, toy_dataset
-from minidiff.datasets.base import batch_indices, caption_choices, to_model_range, to_uint8
+from minidiff.datasets.base import batch_indices, caption_choices
 from minidiff.datasets.toy import HELD_OUT
 
 
@@ -56,8 +56,11 @@ def test_captioned_images_rejects_bad_images_and_captions():
         CaptionedImages("x", np.zeros((2, 8, 8), np.uint8), (("a",), ("b",)))
     with pytest.raises(ValueError, match="square"):
         CaptionedImages("x", np.zeros((2, 8, 6, 3), np.uint8), (("a",), ("b",)))
-    with pytest.raises(ValueError, match="empty caption"):
-        CaptionedImages("x", good, (("a",), ("  ",)))
+    for no_words in ("  ", "{}"):
+        with pytest.raises(ValueError, match="caption with no words"):
+            CaptionedImages("x", good, (("a",), (no_words,)))
+    with pytest.raises(ValueError, match="no caption"):
+        CaptionedImages("x", good, (("a",), ()))
     with pytest.raises(ValueError, match="caption lists"):
         CaptionedImages("x", good, (("a",),))
 
@@ -69,10 +72,3 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_step():
     assert np.array_equal(batch_indices(n, batch, 1, 3), batch_indices(n, batch, 1, 3))
     choice = caption_choices(np.array([1, 3, 10]), seed=0, step=0)
     assert choice[0] == 0 and 0 <= choice[1] < 3 and 0 <= choice[2] < 10
-
-
-def test_pixel_range_round_trip():
-    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
-    x = to_model_range(images)
-    assert x.min() == -1 and x.max() == 1
-    assert np.array_equal(to_uint8(x), images)

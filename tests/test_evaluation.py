@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from minidiff import evaluation
 from minidiff.datasets import CaptionedImages
+from minidiff.evaluation import evaluate
 
 
 def test_reference_set_draws_across_classes_not_the_first_files(monkeypatch):
@@ -12,9 +12,9 @@ def test_reference_set_draws_across_classes_not_the_first_files(monkeypatch):
     ordered = CaptionedImages(name="flowers-eval", images=np.zeros((100, 8, 8, 3), np.uint8),
                               captions=tuple((f"a flower of class {k}",) for k in labels), labels={"class": labels},
                               label_names={"class": tuple(map(str, range(10)))})
-    monkeypatch.setattr(evaluation, "load_dataset", lambda *args, **kwargs: ordered)
-    chosen = evaluation.reference_set("flowers", 8, num_images=20, seed=0)
+    monkeypatch.setattr(evaluate, "load_dataset", lambda *args, **kwargs: ordered)
+    chosen = evaluate.reference_set("flowers", 8, num_images=20, seed=0)
     assert len(chosen) == 20 and len(set(chosen.labels["class"].tolist())) >= 6
     assert all(c[0] == f"a flower of class {k}" for c, k in zip(chosen.captions, chosen.labels["class"]))  # kept together
-    again = evaluation.reference_set("flowers", 8, num_images=20, seed=0)
+    again = evaluate.reference_set("flowers", 8, num_images=20, seed=0)
     assert np.array_equal(again.labels["class"], chosen.labels["class"])  # the same set every time

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.inception import (FIDInception, convert_weights, from_torch_state_dict, inception_outputs, read_weights,
+from minidiff.evaluation.inception import (FIDInception, convert_weights, from_torch_state_dict, inception_outputs, read_weights,
                                 torch_shapes)
 
 
@@ -93,7 +93,7 @@ def test_rejects_a_file_with_wrong_names_or_shapes(shapes, tmp_path):
 
 
 def test_fid_kid_and_is_from_the_network(state):
-    from minidiff.evaluation import inception_metrics
+    from minidiff.evaluation.evaluate import inception_metrics
 
     model = from_torch_state_dict(state)
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minidiff.metrics import (frechet_distance, frechet_distance_of, gaussian_statistics, inception_score,
+from minidiff.evaluation.metrics import (frechet_distance, frechet_distance_of, gaussian_statistics, inception_score,
                               kernel_distance, mmd_squared_unbiased, polynomial_kernel)
 
 

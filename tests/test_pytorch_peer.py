@@ -14,7 +14,8 @@ pytest.importorskip("diffusers")
 
 from minidiff.denoiser import depth_to_space, space_to_depth
 from minidiff.model import count_parameters, create_model, preset
-from minidiff.pytorch_peer import (
+from minidiff.training import TrainConfig
+from minidiff.command.pytorch_peer import (
     PeerTextToImage,
     benchmark_peer,
     diffusers_unet,
@@ -67,6 +68,7 @@ def test_the_whole_peer_is_within_a_few_percent_of_minidiffs_size_and_trains():
     assert abs(theirs - ours) / ours < 0.05  # PyTorch's encoder has biases on its attention projections
     images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     ids = np.tile(np.array([1, 5, 6, 7, 0, 0, 0, 0]), (4, 1))  # BOS, three words, padding
-    result = benchmark_peer(config, images, ids, np.array([1, 0, 0, 0, 0, 0, 0, 0]), steps=1, sampling=True)
+    result = benchmark_peer(config, TrainConfig(), images, ids, np.array([1, 0, 0, 0, 0, 0, 0, 0]), steps=1,
+                            sampling=True)
     assert result["peer_parameters"] == theirs
     assert result["peer_train_images_per_s"] > 0 and result["peer_sample_images_per_s"] > 0

@@ -46,25 +46,32 @@ def flowers_original(tmp_path):
     savemat(root / "setid.mat", {"trnid": np.array([[1, 2, 4]]), "valid": np.array([[5]]), "tstid": np.array([[3, 6]])})
     text = root / "text_c10"
     (text / "class_00001").mkdir(parents=True)
-    (text / "class_00001" / "image_00001.txt").write_text("a red flower\n\nwith round petals\n")
-    return root  # only image 1 has a caption file: the others get class-name captions
+    (text / "class_00001" / "image_00001.txt").write_text("a red flower\n\nwith round petals\n{}\n")
+    (text / "class_00001" / "image_00002.txt").write_text("{}\n  \n")  # no usable caption: the image is skipped
+    return root  # only images 1 and 2 have caption files: the others get class-name captions
 
 
 def test_flowers_original_layout_with_bad_files(flowers_original):
     all_images = load_flowers(flowers_original, "all", image_size=16)
-    assert len(all_images) == 3 and all_images.images.shape == (3, 16, 16, 3)
+    assert len(all_images) == 2 and all_images.images.shape == (2, 16, 16, 3)
     assert all_images.skipped == {
         "unreadable image file": 2, "id in the metadata with no image file": 1,
-        "empty caption line (dropped)": 1, "missing caption file (class-name captions used)": 4,
+        "caption with no words (dropped)": 4, "image with no usable caption (skipped)": 1,
+        "missing caption file (class-name captions used)": 3,
     }
-    assert all_images.captions[0] == ("a red flower", "with round petals")  # text_c10, blank line dropped
-    assert all_images.captions[1][0] == "a photo of a pink primrose, a type of flower"  # label 1 by name
-    assert all_images.labels["class"].tolist() == [0, 0, 1]
-    gray, cmyk = all_images.images[1], all_images.images[2]
-    assert np.all(gray == gray[..., :1]) and abs(int(gray[8, 8, 0]) - 120) <= 2  # grayscale -> equal RGB
+    assert all_images.captions[0] == ("a red flower", "with round petals")  # text_c10, blank and {} lines dropped
+    assert all_images.labels["class"].tolist() == [0, 1]
+    cmyk = all_images.images[1]
     assert cmyk[8, 8, 2] > 150 and cmyk[8, 8, 0] < 60  # CMYK blue stays blue
-    assert len(load_flowers(flowers_original, "train", image_size=16)) == 2  # ids 1, 2 (4 is unreadable)
+    assert all_images.captions[1][0] == "a photo of a hard-leaved pocket orchid, a type of flower"  # label 2 by name
+    assert len(load_flowers(flowers_original, "train", image_size=16)) == 1  # ids 1, 2 (4 is unreadable, 2 uncaptioned)
     assert len(load_flowers(flowers_original, "test", image_size=16)) == 1
+
+
+def test_a_grayscale_image_becomes_equal_rgb(flowers_original):
+    (flowers_original / "text_c10" / "class_00001" / "image_00002.txt").unlink()  # captioned by its class name
+    gray = load_flowers(flowers_original, "all", image_size=16).images[1]
+    assert np.all(gray == gray[..., :1]) and abs(int(gray[8, 8, 0]) - 120) <= 2
 
 
 def test_flowers_per_class_layout_and_names(tmp_path):
@@ -124,6 +131,11 @@ def test_cub_captions_from_class_attributes_and_text_c10(cub):
     text.mkdir(parents=True)
     (text / "Red_Bird_0001.txt").write_text("this red bird perches\n")
     assert load_birds(cub, "all", image_size=8).captions[0] == ("this red bird perches",)
+    (text / "Red_Bird_0002.txt").write_text("{}\n")  # no usable caption: skipped
+    assert load_birds(cub, "all", image_size=8).skipped == {
+        "missing image file": 1, "caption with no words (dropped)": 1, "image with no usable caption (skipped)": 1,
+        "missing caption file (class-name captions used)": 2}
+    (text / "Red_Bird_0002.txt").unlink()
     (cub / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt").write_text("2 2 1 3 0.0\n2 1 1 2 0.0\n")
     per_image = load_birds(cub, "all", image_size=8)
     assert per_image.captions[1][1] == "a bird with blue wings"  # per image: the more certain wing colour
@@ -139,14 +151,15 @@ def test_user_folder_with_jsonl_and_txt_captions(tmp_path):
     _truncated_jpeg(tmp_path / "broken.jpg")
     (tmp_path / "captions.jsonl").write_text(
         '{"file": "cat.jpg", "caption": "a brown cat"}\n{"file": "glass.png", "captions": ["clear glass", ""]}\n'
-        '{"file": "gone.jpg", "caption": "lost"}\nnot json\n{"file": "broken.jpg", "caption": "broken"}\n')
+        '{"file": "gone.jpg", "caption": "lost"}\nnot json\n{"file": "broken.jpg", "caption": "broken"}\n'
+        '{"file": "nocaption.jpg", "caption": "{}"}\n')
     data = load_folder(tmp_path, image_size=8)
     assert [c[0] for c in data.captions] == ["a brown cat", "clear glass", "a black dog"]
     assert np.all(data.images[1] == 255)  # transparency laid on white
     assert data.skipped == {
         "caption for an image that is not in the folder": 1, "malformed line in captions.jsonl "
-        '(expected {"file": ..., "caption": ...})': 1, "empty caption line (dropped)": 1,
-        "image with no caption (skipped)": 1, "unreadable image file": 1,
+        '(expected {"file": ..., "caption": ...})': 1, "caption with no words (dropped)": 2,
+        "image with no usable caption (skipped)": 1, "unreadable image file": 1,
     }
     with pytest.raises(ValueError, match="no captioned images"):
         load_folder(_empty(tmp_path), image_size=8)
@@ -164,7 +177,7 @@ def test_cache_is_used_and_never_half_written(flowers_original, tmp_path, monkey
     files = sorted(p.name for p in cache.iterdir())
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".npz")  # no temporary files
     manifest = json.loads(next(cache.glob("*.json")).read_text())
-    assert manifest["images"] == 3 and manifest["captions"] == 8 and manifest["skipped"]["unreadable image file"] == 2
+    assert manifest["images"] == 2 and manifest["captions"] == 5 and manifest["skipped"]["unreadable image file"] == 2
 
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
@@ -221,11 +234,14 @@ def test_tfds_mock_data_through_the_same_interface():
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not on this machine")
-def test_shared_subsets_are_read_completely(tmp_path):
+def test_shared_data_is_read_completely(tmp_path):
+    """All of Oxford-102 with Reed's captions, 13 of whose 81,890 lines are "{}"; the CUB subset."""
     flowers_root, birds_root = find_local_copy("flowers", SHARED), find_local_copy("birds", SHARED)
-    flowers = load_dataset("flowers", "all", image_size=16, data_dir=flowers_root, use_cache=False)
-    assert len(flowers) == 5544 and len(set(flowers.labels["class"].tolist())) == 90
-    assert flowers.skipped == {"id in the metadata with no image file": 8189 - 5544}
+    assert flowers_root == SHARED / "oxford_flowers102"  # the whole dataset, not the old 128-px subset
+    flowers = load_dataset("flowers", "all", image_size=8, data_dir=flowers_root, use_cache=False)
+    assert len(flowers) == 8189 and len(set(flowers.labels["class"].tolist())) == 102
+    assert flowers.skipped == {"caption with no words (dropped)": 13}
+    assert sum(len(c) for c in flowers.captions) == 81890 - 13
     birds = load_dataset("birds", "all", image_size=16, data_dir=birds_root, use_cache=False)
     assert len(birds) == 543 and sum(len(c) for c in birds.captions) == 5430 and not birds.skipped
     assert len(set(birds.labels["class"].tolist())) == 10

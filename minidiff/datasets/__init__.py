@@ -9,7 +9,7 @@
 import os
 from pathlib import Path
 
-from minidiff.datasets.base import CaptionedImages, check_images, to_model_range, to_uint8
+from minidiff.datasets.base import CaptionedImages, check_images
 from minidiff.datasets.birds import find_cub_root, load_birds
 from minidiff.datasets.cache import cached
 from minidiff.datasets.flowers import is_flowers_copy, load_flowers
@@ -83,5 +83,5 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, num_imag
         ) from None
 
 
-__all__ = ["CaptionedImages", "DATASETS", "DatasetNotFound", "check_images", "find_local_copy", "load_dataset",
-           "to_model_range", "to_uint8", "toy_dataset"]
+__all__ = ["CaptionedImages", "DATASETS", "DatasetNotFound", "TOY", "check_images", "find_local_copy", "load_dataset",
+           "toy_dataset"]

@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 
+from minidiff.captions import words
+
 
 @dataclasses.dataclass(frozen=True)
 class CaptionedImages:
@@ -42,8 +44,11 @@ class CaptionedImages:
                 f"{len(self.captions)} caption lists; give one list per image"
             )
         for i, options in enumerate(self.captions):
-            if not options or not all(c.strip() for c in options):
-                raise ValueError(f"dataset {self.name!r}: image {i} has an empty caption")
+            if not options:
+                raise ValueError(f"dataset {self.name!r}: image {i} has no caption")
+            for caption in options:
+                if not words(caption):
+                    raise ValueError(f"dataset {self.name!r}: image {i} has a caption with no words, {caption!r}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -104,17 +109,6 @@ def check_images(images, what: str = "images") -> None:
 def with_articles(sentence: str) -> str:
     """'a orange beak' -> 'an orange beak' (for captions filled in from templates)."""
     return re.sub(r"\ba (?=[aeiou])", "an ", sentence)
-
-
-def to_model_range(images_uint8):
-    """uint8 [0, 255] -> float32 [-1, 1], the range the diffusion process assumes."""
-    return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
-
-
-def to_uint8(images):
-    """float [-1, 1] -> uint8 [0, 255] (clipping what a sampler overshoots)."""
-    images = np.asarray(images, np.float32)
-    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> np.ndarray:

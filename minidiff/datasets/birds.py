@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from minidiff.datasets.base import CaptionedImages, with_articles
-from minidiff.datasets.files import ImageRecord, Skipped, read_caption_file, read_dataset
-from minidiff.datasets.splits import seeded_test_classes, select, test_classes_from_file
+from minidiff.datasets.files import NO_USABLE_CAPTION, ImageRecord, Skipped, read_caption_file, read_dataset
+from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select, test_classes_from_file
 
-NUM_TEST_CLASSES = 50  # Reed et al. 2016: 150 train+val classes, 50 test classes
 
 # The attribute groups a caption mentions, and how their values read in a sentence.
 GROUPS = ("size", "primary_color", "wing_color", "breast_color", "crown_color", "bill_shape")
@@ -145,7 +144,7 @@ def load_birds(root, split: str = "train", image_size: int = 64) -> CaptionedIma
     test_mask = np.array([is_train.get(i, ["?"])[0] == "0" for i in ids])
     official = {"train": train_mask, "test": test_mask}
     class_ids = {folder: k for k, folder in enumerate(folders)}
-    test_classes = test_classes_from_file(root, class_ids) or seeded_test_classes(len(names), NUM_TEST_CLASSES)
+    test_classes = test_classes_from_file(root, class_ids) or seeded_test_classes(len(names), NUM_TEST_CLASSES["birds"])
 
     attributes = _attribute_names(cub)
     per_class = _class_attributes(cub, attributes, len(names))
@@ -155,10 +154,13 @@ def load_birds(root, split: str = "train", image_size: int = 64) -> CaptionedIma
     for k in select(split, labels, official, test_classes):
         image_id, label = int(ids[k]), int(labels[k])
         relative = images[image_id][0]
-        captions = ()
+        captions = None
         if text_dir is not None:
             captions = read_caption_file((text_dir / relative).with_suffix(".txt"), skipped)
-        if not captions:
+        if captions == ():
+            skipped.add(NO_USABLE_CAPTION, relative)
+            continue
+        if captions is None:
             values = per_image.get(image_id, {}) if per_image is not None else per_class[label]
             captions = describe_bird(values, names[label])
         box = tuple(float(v) for v in boxes[image_id][:4]) if image_id in boxes else None

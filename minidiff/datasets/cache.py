@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.atomic import atomic_write
 from minidiff.datasets.base import CaptionedImages
+from minidiff.machinery.atomic import atomic_write
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: captions with no words are dropped
 
 
 def default_cache_dir() -> Path:

@@ -1,8 +1,8 @@
 """Reading files from disk: image files into square uint8 arrays, caption files into lines.
 
 Real datasets are untidy: a truncated JPEG, a grayscale or CMYK scan, a PNG
-with transparency, a caption file with a blank line, an id in the metadata
-whose file is gone. Nothing here drops such a thing silently: every loader
+with transparency, a caption file with a blank line or a line that is only
+"{}", an id in the metadata whose file is gone. Nothing here drops such a thing silently: every loader
 passes a `Skipped` tally along, and prints what it skipped, how many of each
 and an example of each, when it is done.
 """
@@ -18,9 +18,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from minidiff.captions import words
 from minidiff.datasets.base import CaptionedImages
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+NO_WORDS = "caption with no words (dropped)"
+NO_USABLE_CAPTION = "image with no usable caption (skipped)"
 
 
 class Skipped:
@@ -158,24 +163,35 @@ def read_images(records, size: int, skipped: Skipped, desc: str = "reading image
     return stacked, np.asarray(kept, np.int64)
 
 
-def read_caption_file(path, skipped: Skipped) -> tuple[str, ...]:
-    """The non-empty lines of a caption file (one caption per line, as in Reed et al.'s text_c10).
+def usable_captions(lines, where, skipped: Skipped) -> tuple[str, ...]:
+    """The captions among `lines` that have words; the others (blank, or only punctuation such as
+    the "{}" lines of some text_c10 files) are dropped and counted, one by one."""
+    kept = []
+    for line in lines:
+        line = line.strip() if isinstance(line, str) else ""
+        if words(line):
+            kept.append(line)
+        else:
+            skipped.add(NO_WORDS, f"{where}: {line!r}")
+    return tuple(kept)
 
-    Blank lines are dropped and counted; a missing or unreadable file gives ()
-    (the flower and bird loaders then make captions from the class name).
+
+def read_caption_file(path, skipped: Skipped) -> tuple[str, ...] | None:
+    """The captions of a caption file (one per line, as in Reed et al.'s text_c10).
+
+    Lines with no words are dropped and counted; a missing or unreadable file
+    gives None (the flower and bird loaders then make captions from the class
+    name), a file with no usable line gives () (the loaders skip its image).
     """
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         skipped.add("missing caption file (class-name captions used)", path)
-        return ()
+        return None
     except OSError as error:
         skipped.add("unreadable caption file", f"{path}: {error}")
-        return ()
-    lines = [line.strip() for line in text.splitlines()]
-    if any(not line for line in lines):
-        skipped.add("empty caption line (dropped)", path)
-    return tuple(line for line in lines if line)
+        return None
+    return usable_captions(text.splitlines(), path, skipped)
 
 
 def read_dataset(name: str, records, image_size: int, class_names, skipped: Skipped):

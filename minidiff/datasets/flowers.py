@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from minidiff.datasets.base import CaptionedImages, with_articles
-from minidiff.datasets.files import ImageRecord, Skipped, read_caption_file, read_dataset
-from minidiff.datasets.splits import seeded_test_classes, select, test_classes_from_file
+from minidiff.datasets.files import NO_USABLE_CAPTION, ImageRecord, Skipped, read_caption_file, read_dataset
+from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select, test_classes_from_file
 
 # Class names in label order (label 1 = "pink primrose"), for copies without cat_to_name.json.
 CLASS_NAMES = (
@@ -40,7 +40,6 @@ CLASS_NAMES = (
     'bougainvillea', 'camellia', 'mallow', 'mexican petunia', 'bromelia', 'blanket flower',
     'trumpet creeper', 'blackberry lily',
 )
-NUM_TEST_CLASSES = 20  # Reed et al. 2016: 82 train+val classes, 20 test classes
 
 TEMPLATES = (
     "a photo of a {name}, a type of flower",
@@ -109,7 +108,7 @@ def load_flowers(root, split: str = "train", image_size: int = 64) -> CaptionedI
             official[name] = mask
     names = _class_names(root)
     class_ids = {f"class_{k + 1:05d}": k for k in range(len(names))}
-    test_classes = test_classes_from_file(root, class_ids) or seeded_test_classes(len(names), NUM_TEST_CLASSES)
+    test_classes = test_classes_from_file(root, class_ids) or seeded_test_classes(len(names), NUM_TEST_CLASSES["flowers"])
 
     records = []
     text_dir = root / "text_c10"
@@ -118,9 +117,12 @@ def load_flowers(root, split: str = "train", image_size: int = 64) -> CaptionedI
         if image_id not in files:
             skipped.add("id in the metadata with no image file", f"image_{image_id:05d}.jpg")
             continue
-        captions = ()
+        captions = None
         if text_dir.is_dir():
             captions = read_caption_file(text_dir / f"class_{label + 1:05d}" / f"image_{image_id:05d}.txt", skipped)
+        if captions == ():
+            skipped.add(NO_USABLE_CAPTION, files[image_id][0])
+            continue
         records.append(ImageRecord(files[image_id][0], captions or class_captions(names[label]), label))
     return read_dataset(f"flowers-{split}", records, image_size, names, skipped)
 

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from minidiff.datasets.base import CaptionedImages
-from minidiff.datasets.files import IMAGE_SUFFIXES, ImageRecord, Skipped, read_caption_file, read_dataset
+from minidiff.datasets.files import (IMAGE_SUFFIXES, NO_USABLE_CAPTION, ImageRecord, Skipped, read_caption_file,
+                                     read_dataset, usable_captions)
 
 
 def _jsonl_captions(path: Path, skipped: Skipped) -> dict[Path, list[str]]:
@@ -25,14 +26,12 @@ def _jsonl_captions(path: Path, skipped: Skipped) -> dict[Path, list[str]]:
         try:
             row = json.loads(line)
             texts = row["captions"] if "captions" in row else [row["caption"]]
+            texts = [texts] if isinstance(texts, str) else list(texts)
             file = path.parent / row["file"]
         except (json.JSONDecodeError, KeyError, TypeError):
             skipped.add('malformed line in captions.jsonl (expected {"file": ..., "caption": ...})', where)
             continue
-        texts = [t.strip() for t in texts if isinstance(t, str)]
-        if not all(texts) or not texts:
-            skipped.add("empty caption line (dropped)", where)
-        captions.setdefault(file, []).extend(t for t in texts if t)
+        captions.setdefault(file, []).extend(usable_captions(texts, where, skipped))
     return captions
 
 
@@ -52,9 +51,9 @@ def load_folder(root, image_size: int = 64) -> CaptionedImages:
     for path in files:
         captions = list(from_jsonl.get(path, []))
         if path.with_suffix(".txt").is_file():
-            captions += read_caption_file(path.with_suffix(".txt"), skipped)
+            captions += read_caption_file(path.with_suffix(".txt"), skipped) or ()
         if not captions:
-            skipped.add("image with no caption (skipped)", path)
+            skipped.add(NO_USABLE_CAPTION, path)
             continue
         records.append(ImageRecord(path, tuple(captions)))
     if not records:

@@ -17,6 +17,9 @@ import numpy as np
 
 SPLITS = ("train", "val", "test", "eval", "train_classes", "test_classes", "all")
 EVAL_SIZE = 1000
+# Reed et al. 2016's class-disjoint split: 82 train+val and 20 test classes of Oxford-102,
+# 150 train+val and 50 test classes of CUB-200-2011.
+NUM_TEST_CLASSES = {"flowers": 20, "birds": 50}
 
 
 def test_classes_from_file(root: Path, class_ids: dict[str, int]) -> set[int] | None:

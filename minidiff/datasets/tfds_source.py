@@ -17,12 +17,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from minidiff.datasets.base import CaptionedImages
-from minidiff.datasets.files import Skipped, read_caption_file, square_image
-from minidiff.datasets.splits import seeded_test_classes, select
+from minidiff.datasets.birds import class_name, describe_bird
+from minidiff.datasets.files import NO_USABLE_CAPTION, Skipped, read_caption_file, square_image
+from minidiff.datasets.flowers import class_captions
+from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select
 
 TFDS_NAMES = {"flowers": "oxford_flowers102", "birds": "caltech_birds2011"}
 TFDS_SPLITS = {"flowers": {"train": "train", "val": "validation", "test": "test"}, "birds": {"train": "train", "test": "test"}}
-NUM_TEST_CLASSES = {"flowers": 20, "birds": 50}
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -74,9 +75,6 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
     text_dir: a text_c10 folder to take captions from (matched by file name);
     otherwise captions are made from the class names.
     """
-    from minidiff.datasets.birds import class_name, describe_bird
-    from minidiff.datasets.flowers import class_captions
-
     builder = tfds_builder(name, data_dir, download)
     names = tuple(builder.info.features["label"].names)
     # Read only the tfds split(s) the requested split needs (see minidiff.datasets.splits).
@@ -89,9 +87,22 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
     chosen = select(split, labels, official, seeded_test_classes(len(names), NUM_TEST_CLASSES[name]))
 
     skipped = Skipped()
-    images, captions = [], []
+    images, captions, kept = [], [], []
     for k in tqdm(chosen, desc=f"reading {TFDS_NAMES[name]}", unit="img"):
         example, label = examples[k], int(labels[k])
+        file_name = example.get("file_name", example.get("image/filename", b""))
+        file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
+        text = None
+        if text_dir is not None:
+            folder = f"class_{label + 1:05d}/" if name == "flowers" else ""
+            text = read_caption_file(f"{text_dir}/{folder}{file_name.rsplit('.', 1)[0]}.txt", skipped)
+        if text == ():
+            skipped.add(NO_USABLE_CAPTION, file_name)
+            continue
+        if text is None:
+            bird = example.get("label_name", names[label])  # caltech_birds2011 carries the name per example
+            bird = bird.decode() if isinstance(bird, bytes) else str(bird)
+            text = class_captions(names[label]) if name == "flowers" else describe_bird({}, class_name(bird))
         pixels = np.asarray(example["image"])
         box = None
         if "bbox" in example:  # normalised (ymin, xmin, ymax, xmax) -> pixel (x, y, width, height)
@@ -99,23 +110,14 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
             ymin, xmin, ymax, xmax = np.asarray(example["bbox"], np.float64)
             box = (xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height)
         images.append(square_image(Image.fromarray(pixels.squeeze()), image_size, box))
-        file_name = example.get("file_name", example.get("image/filename", b""))
-        file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
-        text = ()
-        if text_dir is not None:
-            folder = f"class_{label + 1:05d}/" if name == "flowers" else ""
-            text = read_caption_file(f"{text_dir}/{folder}{file_name.rsplit('.', 1)[0]}.txt", skipped)
-        if not text:
-            bird = example.get("label_name", names[label])  # caltech_birds2011 carries the name per example
-            bird = bird.decode() if isinstance(bird, bytes) else str(bird)
-            text = class_captions(names[label]) if name == "flowers" else describe_bird({}, class_name(bird))
         captions.append(text)
+        kept.append(k)
     skipped.report(f"{name}-{split}")
     return CaptionedImages(
         name=f"{name}-{split}",
         images=np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8),
         captions=tuple(captions),
-        labels={"class": labels[chosen]},
+        labels={"class": labels[np.asarray(kept, np.int64)]},
         label_names={"class": names},
         flip_ok=True,
         skipped=skipped.as_dict(),

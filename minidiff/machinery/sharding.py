@@ -9,7 +9,7 @@ shardings, and XLA inserts the communication itself — the loss is a mean over
 the batch, so the gradient of every replicated parameter is summed across
 devices (an all-reduce) before the optimizer update, which then runs
 identically everywhere. The result equals single-device training on the same
-global batch (tests/test_sharding.py checks this on 4 simulated CPU devices).
+global batch (the tests check this on 4 simulated CPU devices).
 
 Several hosts (a TPU pod slice, GPU nodes): call `initialize_distributed()`
 first on every host; the mesh then spans all hosts' devices, and each host
@@ -49,10 +49,9 @@ def _cpu_cores() -> int:
 def one_device_per_cpu_core() -> int:
     """Make JAX present the CPU as one device per core; returns the number of CPU devices.
 
-    Measured on a 2-core CPU (an Intel Xeon virtual machine): a 3x3
-    convolution's forward and backward took the same time on one core as on
-    two, and half the time with the batch split over two CPU devices. The
-    device count is fixed when JAX starts, so call this before JAX computes
+    XLA:CPU runs a convolution on about one core, so with the batch split over
+    one device per core, every core works (the README has the measurements).
+    The device count is fixed when JAX starts, so call this before JAX computes
     anything; afterwards, or where the count was chosen already
     ($JAX_NUM_CPU_DEVICES, or --xla_force_host_platform_device_count in
     $XLA_FLAGS), it changes nothing. GPUs and TPUs are unaffected: they stay

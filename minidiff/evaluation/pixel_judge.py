@@ -1,11 +1,12 @@
-"""Caption adherence on the embedded dataset: does an image show what its caption asked for?
+"""The pixel judge: does an image of the embedded dataset show what its caption asked for?
 
-A judge that shares nothing with the generator: it measures the drawn image
-directly. It finds the background from the corners, the object as the pixels
+Unlike the judge of `judge.py` (a network trained on labels), this one is no
+network at all and shares nothing with the generator: it measures the drawn
+image directly. It finds the background from the corners, the object as the pixels
 that differ from it, and then reads each part's colour where the drawing puts
 that part, naming it by the nearest colour word (`toy.COLOURS`). The same
 judge run on the dataset's own images must score (nearly) 100 %, with or
-without added pixel grain: those are its tests, in tests/test_adherence.py.
+without added pixel grain: those are its tests.
 
 A briefly trained model leaves grain in its images. Grain is a matter of
 image quality (measured by FID), not of which colours were drawn, so the judge
@@ -18,7 +19,8 @@ beak colours, facing and background. Not measured: petal count and size.
 
 import numpy as np
 
-from minidiff.datasets.toy import BIRD_ATTRIBUTES, COLOURS, FLOWER_ATTRIBUTES, KINDS
+from minidiff.corruption import to_uint8
+from minidiff.datasets.toy import BIRD_ATTRIBUTES, COLOURS, FLOWER_ATTRIBUTES, KINDS, toy_dataset
 
 ALL_BACKGROUNDS = ("green", "gray", "sky blue", "sand")
 # Where the parts of a right-facing bird are, relative to the centre of mass of
@@ -66,7 +68,7 @@ def _background_and_foreground(image, threshold: float = 70.0):
     return background, foreground
 
 
-def judge_flower(image) -> dict[str, str | None]:
+def read_flower(image) -> dict[str, str | None]:
     x, y = _grid(image.shape[0])
     background, foreground = _background_and_foreground(image)
     result = {"background": ALL_BACKGROUNDS[_nearest_colour(background, ALL_BACKGROUNDS)]}
@@ -88,7 +90,7 @@ def judge_flower(image) -> dict[str, str | None]:
     }
 
 
-def judge_bird(image, raw=None) -> dict[str, str | None]:
+def read_bird(image, raw=None) -> dict[str, str | None]:
     """`image` median-filtered; the beak, a few pixels that the median would
     erase, is read from `raw` (the unfiltered image, if given)."""
     raw = image if raw is None else raw
@@ -127,13 +129,13 @@ def judge_bird(image, raw=None) -> dict[str, str | None]:
     }
 
 
-def judge(image, kind: str) -> dict[str, str | None]:
+def read_attributes(image, kind: str) -> dict[str, str | None]:
     """The attribute values one uint8 image (H, W, 3) shows, read as a flower or a bird."""
     smooth = _median3(image)
-    return judge_flower(smooth) if kind == "flowers" else judge_bird(smooth, raw=image)
+    return read_flower(smooth) if kind == "flowers" else read_bird(smooth, raw=image)
 
 
-def adherence(images, labels: dict[str, np.ndarray], label_names: dict[str, tuple[str, ...]]) -> dict[str, float]:
+def pixel_adherence(images, labels: dict[str, np.ndarray], label_names: dict[str, tuple[str, ...]]) -> dict[str, float]:
     """Fraction of images whose measured attributes match the asked-for labels, per attribute.
 
     `labels` and `label_names` as in `CaptionedImages` (the "kind" label says
@@ -142,7 +144,7 @@ def adherence(images, labels: dict[str, np.ndarray], label_names: dict[str, tupl
     hits: dict[str, list[bool]] = {}
     for i, image in enumerate(np.asarray(images)):
         kind = KINDS[labels["kind"][i]]
-        seen = judge(image, kind)
+        seen = read_attributes(image, kind)
         for name, value in seen.items():
             if labels[name][i] < 0:
                 continue
@@ -151,16 +153,13 @@ def adherence(images, labels: dict[str, np.ndarray], label_names: dict[str, tupl
     return {k: float(np.mean(v)) for k, v in sorted(hits.items())}
 
 
-def measure_adherence(model, tokenizer, schedule, split: str = "test", num_images: int = 128, *,
-                      guidance_scale: float = 3.0, num_steps: int = 50, seed: int = 0, batch_size: int = 64):
-    """Generate an image for the first caption of `num_images` embedded-dataset images of
-    `split` ("test": attribute pairs seen in training; "held_out": pairs never seen)
-    and score them with `adherence`."""
-    from minidiff.datasets.toy import toy_dataset
-    from minidiff.evaluation import generate
-
-    size = model.config.unet.image_size
-    reference = toy_dataset(split=split, num_images=num_images, image_size=size, seed=seed + 1000)
-    images = generate(model, tokenizer, schedule, [c[0] for c in reference.captions], num_steps=num_steps,
-                      guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, progress=False)
-    return adherence(images, reference.labels, reference.label_names)
+def measure_pixel_adherence(generator, split: str = "test", num_images: int = 128, *, guidance: float = 3.0,
+                            steps: int = 50, seed: int = 0) -> dict[str, float]:
+    """Generate an image (DDIM) for the first caption of `num_images` embedded-dataset images of
+    `split` ("test": attribute pairs seen in training; "held_out": pairs never seen) with a
+    `minidiff.generator.Generator`, and score them with `pixel_adherence`."""
+    image_size = generator.image_shape[0]
+    reference = toy_dataset(split=split, num_images=num_images, image_size=image_size, seed=seed + 1000)
+    images = generator.sample([c[0] for c in reference.captions], sampler="ddim", steps=steps, guidance=guidance,
+                              seed=seed)
+    return pixel_adherence(to_uint8(images), reference.labels, reference.label_names)

@@ -1,6 +1,6 @@
-"""A small classifier trained on a dataset's labels: an offline judge of generated images.
+"""The judge: a small classifier trained on a dataset's labels, to measure generated images offline.
 
-The standard judge, Inception-v3 trained on ImageNet (`inception.py`), needs
+The standard feature network, Inception-v3 trained on ImageNet (`inception.py`), needs
 a weights file these machines cannot download, and at 32 x 32 pixels it sees
 mostly blur. So minidiff also trains its own judge, on the real images of the
 dataset the generator learned from, to recognise what captions name: the
@@ -11,7 +11,7 @@ flower or bird. It shares no weights with the generator. It serves twice:
     (`metrics.frechet_distance_of`), a domain FID that says how far generated
     images are from real ones *as this network sees them*;
   - its predictions say whether an image shows what its caption asked for
-    (caption adherence): the fraction recognised as the asked-for labels.
+    (the judge's caption adherence): the fraction recognised as the asked-for labels.
 
 A judge is only as good as its accuracy on real held-out images, so that is
 measured and reported beside every figure it produces. It is trained with a
@@ -28,33 +28,34 @@ import numpy as np
 import optax
 from flax import nnx
 
-from minidiff.checkpoints import Checkpoint, CheckpointError, save_checkpoint
+from minidiff.corruption import to_model_range
 from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
-from minidiff.model import numpy_initialised
+from minidiff.machinery.checkpoints import Checkpoint, save_checkpoint
+from minidiff.machinery.initialisation import numpy_initialised
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class JudgeConfig:
     image_size: int
     heads: tuple[tuple[str, int], ...]  # (label name, number of classes) for each label it predicts
     widths: tuple[int, ...] = (32, 64, 128)  # channels at each resolution, halving the size in between
     groups: int = 8
 
     @classmethod
-    def for_dataset(cls, dataset: CaptionedImages, **overrides) -> "ClassifierConfig":
+    def for_dataset(cls, dataset: CaptionedImages, **overrides) -> "JudgeConfig":
         heads = tuple((name, int(values.max()) + 1) for name, values in sorted(dataset.labels.items()) if values.max() > 0)
         return cls(image_size=dataset.image_size, heads=heads, **overrides)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
+    def from_dict(cls, d: dict) -> "JudgeConfig":
         return cls(image_size=d["image_size"], heads=tuple((n, k) for n, k in d["heads"]),
                    widths=tuple(d["widths"]), groups=d["groups"])
 
 
-class Classifier(nnx.Module):
+class Judge(nnx.Module):
     """images (B, H, W, 3) in [-1, 1] -> (features (B, widths[-1]), logits of every head (B, sum of classes))."""
 
-    def __init__(self, config: ClassifierConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: JudgeConfig, *, rngs: nnx.Rngs):
         self.config = config
         widths = config.widths
         # A 2 x 2 stride-2 stem: the network starts at half resolution, a quarter of the cost.
@@ -75,13 +76,13 @@ class Classifier(nnx.Module):
         return features, self.head(features)
 
 
-def split_logits(config: ClassifierConfig, logits) -> dict[str, jax.Array]:
+def split_logits(config: JudgeConfig, logits) -> dict[str, jax.Array]:
     """The (B, sum of classes) logits as {label name: (B, classes)}."""
     ends = np.cumsum([k for _, k in config.heads])
     return {name: logits[..., end - k : end] for (name, k), end in zip(config.heads, ends)}
 
 
-def classification_loss(model: Classifier, images, labels: dict[str, jax.Array]):
+def classification_loss(model: Judge, images, labels: dict[str, jax.Array]):
     """Cross-entropy summed over heads; a label of -1 (does not apply) counts for nothing."""
     _, logits = model(images)
     total = 0.0
@@ -95,7 +96,7 @@ def classification_loss(model: Classifier, images, labels: dict[str, jax.Array])
 @nnx.jit
 def _train_step(model, optimizer, images_uint8, labels, key, noise_std):
     noise_key, scale_key = jax.random.split(key)
-    images = images_uint8.astype(jnp.float32) / 127.5 - 1.0
+    images = to_model_range(images_uint8)
     # Grain of random strength (up to noise_std), and mirror images where that keeps the labels true.
     strength = jax.random.uniform(scale_key, (images.shape[0], 1, 1, 1)) * noise_std
     images = images + strength * jax.random.normal(noise_key, images.shape)
@@ -104,15 +105,15 @@ def _train_step(model, optimizer, images_uint8, labels, key, noise_std):
     return loss
 
 
-def train_classifier(dataset: CaptionedImages, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                     noise_std: float = 0.15, seed: int = 0, progress: bool = True, **config_overrides) -> Classifier:
+def train_judge(dataset: CaptionedImages, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
+                     noise_std: float = 0.15, seed: int = 0, progress: bool = True, **config_overrides) -> Judge:
     """Train a judge on every label of `dataset` (its images and labels; captions are not used)."""
     from tqdm.auto import tqdm
 
-    config = ClassifierConfig.for_dataset(dataset, **config_overrides)
+    config = JudgeConfig.for_dataset(dataset, **config_overrides)
     if not config.heads:
         raise ValueError(f"{dataset.name} has no labels with two or more classes to train a judge on")
-    model = numpy_initialised(lambda rngs: Classifier(config, rngs=rngs), seed)
+    model = numpy_initialised(lambda rngs: Judge(config, rngs=rngs), seed)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
     key = jax.random.key(seed)
@@ -131,12 +132,12 @@ def train_classifier(dataset: CaptionedImages, steps: int = 600, batch_size: int
 
 
 @nnx.jit
-def _features_and_predictions(model: Classifier, images_uint8):
-    features, logits = model(images_uint8.astype(jnp.float32) / 127.5 - 1.0)
+def _features_and_predictions(model: Judge, images_uint8):
+    features, logits = model(to_model_range(images_uint8))
     return features, {name: jnp.argmax(head, -1) for name, head in split_logits(model.config, logits).items()}
 
 
-def features_and_predictions(model: Classifier, images_uint8, batch_size: int = 256):
+def features_and_predictions(model: Judge, images_uint8, batch_size: int = 256):
     """Features (N, F) and {label name: predicted class (N,)} for uint8 images (N, H, W, 3)."""
     images_uint8 = np.asarray(images_uint8)
     expected = (model.config.image_size, model.config.image_size, 3)
@@ -160,15 +161,14 @@ def label_agreement(predictions: dict[str, np.ndarray], labels: dict[str, np.nda
     return scores
 
 
-def save_classifier(model: Classifier, path) -> Path:
-    return save_checkpoint(path, {"classifier_config": dataclasses.asdict(model.config)}, classifier=model)
+def save_judge(model: Judge, path) -> Path:
+    return save_checkpoint(path, {"judge_config": dataclasses.asdict(model.config)}, judge=model)
 
 
-def load_classifier(path) -> Classifier:
+def load_judge(path) -> Judge:
     checkpoint = Checkpoint(path)
-    if "classifier_config" not in checkpoint.header:
-        raise CheckpointError(f"{path} is not a judge (classifier) file; it may be a generator checkpoint")
-    config = ClassifierConfig.from_dict(checkpoint.header["classifier_config"])
-    model = numpy_initialised(lambda rngs: Classifier(config, rngs=rngs))
-    checkpoint.restore("classifier", model)
+    (config,) = checkpoint.fields("judge_config", kind="judge")
+    config = JudgeConfig.from_dict(config)
+    model = numpy_initialised(lambda rngs: Judge(config, rngs=rngs))
+    checkpoint.restore("judge", model)
     return model

@@ -1,6 +1,6 @@
 """Pictures: image grids (optionally captioned) and the loss curve, saved as PNG.
 
-Every file is written atomically (see `minidiff.atomic`), so an
+Every file is written atomically (see `minidiff.machinery.atomic`), so an
 interrupted run never leaves a broken PNG behind.
 """
 
@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure  # figures without pyplot's global state: no display needed
 from PIL import Image
 
-from minidiff.atomic import atomic_write
-from minidiff.datasets.base import to_uint8
+from minidiff.corruption import to_uint8
+from minidiff.machinery.atomic import atomic_write
 
 
 def _as_uint8(images) -> np.ndarray:

@@ -1,15 +1,17 @@
 """Checkpoints: every array in one .npz file, plus a JSON header. No pickle.
 
-A checkpoint holds the model's parameters, their EMA, the optimizer state,
-the step, the configs and the tokenizer's vocabulary — everything needed to
-sample, or to resume training exactly where it stopped. `np.load` with
-`allow_pickle=False` reads it without executing anything from the file.
+A training run's checkpoint (`save_run`) holds the model's parameters, their
+EMA, the optimizer state, the step, the configs and the tokenizer's
+vocabulary — everything needed to sample, or to resume training exactly where
+it stopped. `np.load` with `allow_pickle=False` reads it without executing
+anything from the file.
 
 Writes are atomic: the file is written under a temporary name in the same
 folder and renamed over the old one only once complete, so a crash never
 leaves a half-written checkpoint behind.
 """
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -18,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from minidiff.atomic import atomic_write
+from minidiff.machinery.atomic import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -52,6 +54,19 @@ def save_checkpoint(path, header: dict, **modules) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def save_run(path, state) -> Path:
+    """Save a training run (a `minidiff.training.TrainState`): its model, EMA and optimizer, and a
+    header with its configs, tokenizer, step and losses."""
+    header = {
+        "step": state.step,
+        "model_config": state.model.config.to_dict(),
+        "train_config": dataclasses.asdict(state.config),
+        "tokenizer": state.tokenizer.to_dict(),
+        "losses": state.losses,
+    }
+    return save_checkpoint(path, header, model=state.model, ema=state.ema, optimizer=state.optimizer)
+
+
 class Checkpoint:
     """An opened checkpoint: the header (a dict) and named arrays, read lazily."""
 
@@ -75,6 +90,13 @@ class Checkpoint:
                 f"{self.path} has checkpoint format {self.header.get('format_version')}, "
                 f"this minidiff reads format {FORMAT_VERSION}"
             )
+
+    def fields(self, *names: str, kind: str) -> list:
+        """The header's values of `names`; a clear error if this file is not a `kind` checkpoint."""
+        missing = [name for name in names if name not in self.header]
+        if missing:
+            raise CheckpointError(f"{self.path} is not a {kind} checkpoint (its header has no {', '.join(missing)})")
+        return [self.header[name] for name in names]
 
     def has(self, name: str) -> bool:
         return any(k.startswith(name + "/") for k in self._arrays.files)

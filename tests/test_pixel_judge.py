@@ -1,13 +1,13 @@
 import numpy as np
 
-from minidiff.adherence import adherence, judge
+from minidiff.evaluation.pixel_judge import pixel_adherence, read_attributes
 from minidiff.datasets import toy_dataset
 
 
 def test_the_judge_reads_the_dataset_own_images():
     for split in ("test", "held_out"):
         d = toy_dataset(split=split, num_images=200, seed=11)
-        scores = adherence(d.images, d.labels, d.label_names)
+        scores = pixel_adherence(d.images, d.labels, d.label_names)
         assert set(scores) >= {"flowers/petal_colour", "flowers/centre_colour", "birds/body_colour", "birds/wing_colour", "birds/facing"}
         assert min(scores.values()) >= 0.97, scores
 
@@ -15,9 +15,9 @@ def test_the_judge_reads_the_dataset_own_images():
 def test_the_judge_notices_wrong_images():
     d = toy_dataset(("flowers",), num_images=200, seed=12)
     shuffled = d.images[np.random.default_rng(0).permutation(len(d))]
-    scores = adherence(shuffled, d.labels, d.label_names)
+    scores = pixel_adherence(shuffled, d.labels, d.label_names)
     assert scores["flowers/petal_colour"] < 0.4
-    blank = judge(np.full((32, 32, 3), 128, np.uint8), "birds")
+    blank = read_attributes(np.full((32, 32, 3), 128, np.uint8), "birds")
     assert blank["body_colour"] is None and blank["background"] == "gray"
 
 
@@ -27,6 +27,6 @@ def test_grain_does_not_change_the_colours_the_judge_reads():
     d = toy_dataset(split="test", num_images=200, seed=13)
     grain = np.random.default_rng(1).normal(0, 30, d.images.shape)
     grainy = np.clip(d.images + grain, 0, 255).astype(np.uint8)
-    scores = adherence(grainy, d.labels, d.label_names)
+    scores = pixel_adherence(grainy, d.labels, d.label_names)
     colours = {k: v for k, v in scores.items() if k.endswith(("_colour", "background"))}
     assert min(colours.values()) >= 0.95, colours

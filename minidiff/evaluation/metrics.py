@@ -2,7 +2,7 @@
 
 All three compare what a pretrained network sees in generated images with
 what it sees in real ones (the network lives elsewhere: `inception.py` for
-the standard one, `classifier.py` for a small one trained here). This file
+the standard one, `judge.py` for a small one trained here). This file
 holds only the statistics, in numpy float64, on feature vectors (N, D) and
 class probabilities (N, K):
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from minidiff.checkpoints import CheckpointError
-from minidiff.classifier import (ClassifierConfig, features_and_predictions, label_agreement, load_classifier,
-                                 save_classifier, train_classifier)
+from minidiff.evaluation.judge import (JudgeConfig, features_and_predictions, label_agreement, load_judge, save_judge,
+                                       train_judge)
+from minidiff.machinery.checkpoints import CheckpointError, save_checkpoint
 from minidiff.datasets import toy_dataset
 
 
@@ -18,25 +18,23 @@ def test_label_agreement_skips_labels_that_do_not_apply():
 def test_judge_learns_colours_and_round_trips_through_a_file(tmp_path):
     train = toy_dataset(("flowers",), num_images=512, image_size=16, seed=0)
     test = toy_dataset(("flowers",), split="test", num_images=128, image_size=16, seed=1)
-    config = ClassifierConfig.for_dataset(train)
+    config = JudgeConfig.for_dataset(train)
     assert dict(config.heads)["petal_colour"] == 7 and "kind" not in dict(config.heads)  # one kind: nothing to learn
-    judge = train_classifier(train, steps=150, batch_size=32, progress=False, widths=(16, 32))
+    judge = train_judge(train, steps=150, batch_size=32, progress=False, widths=(16, 32))
     features, predictions = features_and_predictions(judge, test.images)
     assert features.shape == (128, 32)
     accuracy = label_agreement(predictions, test.labels)
     chance = 1 / 7
     assert accuracy["petal_colour"] > 0.6 > chance and accuracy["background"] > 0.6, accuracy
 
-    path = save_classifier(judge, tmp_path / "judge.npz")
-    again, _ = features_and_predictions(load_classifier(path), test.images)
+    path = save_judge(judge, tmp_path / "judge.npz")
+    again, _ = features_and_predictions(load_judge(path), test.images)
     np.testing.assert_array_equal(again, features)
     with pytest.raises(ValueError, match="trained on"):
         features_and_predictions(judge, np.zeros((2, 32, 32, 3), np.uint8))
 
 
 def test_a_generator_checkpoint_is_not_a_judge(tmp_path, model):
-    from minidiff.checkpoints import save_checkpoint
-
     path = save_checkpoint(tmp_path / "generator.npz", {"step": 0}, model=model)
     with pytest.raises(CheckpointError, match="not a judge"):
-        load_classifier(path)
+        load_judge(path)

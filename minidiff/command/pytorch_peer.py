@@ -28,9 +28,10 @@ from diffusers import UNet2DConditionModel
 from flax import nnx
 
 from minidiff.captions import PAD
-from minidiff.corruption import make_schedule
+from minidiff.corruption import to_model_range
 from minidiff.denoiser import UNetConfig
 from minidiff.model import ModelConfig
+from minidiff.training import TrainConfig
 
 
 def diffusers_unet(c: UNetConfig) -> UNet2DConditionModel:
@@ -169,22 +170,23 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def benchmark_peer(config: ModelConfig, images_uint8: np.ndarray, token_ids: np.ndarray, empty_ids: np.ndarray,
-                   steps: int = 10, precision: str = "float32", sampling: bool = True, snr_gamma: float = 5.0,
-                   caption_dropout: float = 0.1, ema_decay: float = 0.999) -> dict:
+def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8: np.ndarray, token_ids: np.ndarray,
+                   empty_ids: np.ndarray, steps: int = 10, sampling: bool = True) -> dict:
     """Train images/s (median over `steps` after two warm-up steps) and DDIM-20 guided sampling images/s.
 
-    `images_uint8` is (B, H, W, C) as minidiff takes them; the batch is the same.
+    `images_uint8` is (B, H, W, C) as minidiff takes them; the batch is the same, and so are the
+    noise schedule, caption dropout, loss weighting, weight decay, EMA and precision of `train_config`.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_config.precision == "bfloat16")
     torch.manual_seed(0)
     model = PeerTextToImage(config).to(device)
     ema = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    schedule = make_schedule("cosine", 1000)
-    alpha_bar = torch.tensor(np.array(schedule.alpha_bar), device=device)
-    x0 = torch.tensor(np.array(images_uint8), device=device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
+                                  weight_decay=train_config.weight_decay)
+    alpha_bar = torch.tensor(np.array(train_config.noise_schedule().alpha_bar), device=device)
+    x0 = torch.tensor(to_model_range(np.array(images_uint8)), device=device).permute(0, 3, 1, 2)
+    caption_dropout, snr_gamma, ema_decay = train_config.caption_dropout, train_config.min_snr_gamma, train_config.ema_decay
     ids = torch.tensor(np.array(token_ids), device=device, dtype=torch.long)
     empty = torch.tensor(np.array(empty_ids), device=device, dtype=torch.long)
     batch = x0.shape[0]

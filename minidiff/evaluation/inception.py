@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from minidiff.machinery.atomic import atomic_write
+
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
 SHA256_PREFIX = "6726825d"
@@ -267,14 +269,12 @@ def read_weights(path) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise ImportError(f"reading {path.name} needs PyTorch; or convert it once with "
-                          "minidiff.inception.convert_weights on a machine that has it") from None
+                          "minidiff.evaluation.inception.convert_weights on a machine that has it") from None
     return {name: tensor.numpy() for name, tensor in torch.load(path, map_location="cpu", weights_only=True).items()}
 
 
 def convert_weights(pth_path, npz_path) -> Path:
     """Write the .pth weights as an .npz that loads without PyTorch (and without pickle)."""
-    from minidiff.atomic import atomic_write
-
     arrays = read_weights(pth_path)
     return atomic_write(npz_path, lambda f: np.savez(f, **arrays))
 

@@ -1,7 +1,7 @@
 """How fast? Training and sampling throughput of a preset on this machine.
 
 Training runs as `minidiff train` runs it: each batch split over as many of
-this host's devices as divide it (`minidiff.sharding.mesh_for_batch`); a CPU
+this host's devices as divide it (`minidiff.machinery.sharding.mesh_for_batch`); a CPU
 counts one device per core when `one_device_per_cpu_core` ran first, as the
 CLI does. For one (preset, image size, batch size) it measures:
 
@@ -18,7 +18,7 @@ CLI does. For one (preset, image size, batch size) it measures:
 The data are the embedded set's images, so nothing is read from disk while timing.
 
 With `pytorch=True` it also times the same network built from HF diffusers
-(`minidiff.pytorch_peer`, the `bench` extra) on the same batch and device, and
+(`minidiff.command.pytorch_peer`, the `bench` extra) on the same batch and device, and
 reports minidiff's train images/s as a multiple of the peer's.
 """
 
@@ -32,12 +32,12 @@ import numpy as np
 from flax import nnx
 
 from minidiff.captions import Tokenizer
-from minidiff.corruption import make_schedule
+from minidiff.corruption import to_model_range
 from minidiff.datasets import toy_dataset
+from minidiff.generator import Generator
+from minidiff.machinery.sharding import mesh_for_batch, replicate, shard_batch
 from minidiff.model import count_parameters, preset
-from minidiff.sampling import sample
-from minidiff.sharding import mesh_for_batch, replicate, shard_batch
-from minidiff.training import CompiledTrainStep, TrainConfig, diffusion_loss, new_train_state
+from minidiff.training import TrainConfig, compiled_train_step, diffusion_loss, new_train_state
 
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
@@ -66,22 +66,23 @@ def peak_memory_bytes(device) -> int:
 def _setup(preset_name: str, image_size: int, batch_size: int, precision: str):
     """A fresh train state and one batch of the embedded set, on the devices `train` would use:
     the batch split over as many of this host's devices as divide it, the modules replicated.
-    Also returns that mesh (None for one device)."""
+    Also returns the batch's captions and that mesh (None for one device)."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
     model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length)
     config = TrainConfig(batch_size=batch_size, precision=precision)
     state = new_train_state(model_config, tokenizer, config)
-    schedule = make_schedule(config.schedule, config.num_timesteps)
+    schedule = config.noise_schedule()
     images = data.images[:batch_size]
-    ids = tokenizer.encode_batch([c[0] for c in data.captions[:batch_size]], truncate=True)
+    captions = [c[0] for c in data.captions[:batch_size]]
+    ids = tokenizer.encode_batch(captions, truncate=True)
     empty = jnp.asarray(tokenizer.empty(1)[0])
     mesh = mesh_for_batch(batch_size)
     if mesh is None:
-        return state, schedule, jnp.asarray(images), jnp.asarray(ids), empty, None
+        return state, schedule, jnp.asarray(images), jnp.asarray(ids), empty, captions, None
     for module in (state.model, state.optimizer, state.ema):
         replicate(module, mesh)
-    return state, schedule, shard_batch(images, mesh), shard_batch(ids, mesh), empty, mesh
+    return state, schedule, shard_batch(images, mesh), shard_batch(ids, mesh), empty, captions, mesh
 
 
 def _flops(jitted, *args, **kwargs) -> float:
@@ -108,18 +109,18 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
     loss), the backward pass (the gradients), and the update (gradient clipping, AdamW, EMA),
     each measured as the difference between nested compiled programs. The whole step is the
     program `benchmark` times, on the same devices: after it, it is not compiled again."""
-    state, schedule, images, ids, empty, _ = _setup(preset_name, image_size, batch_size, precision)
+    state, schedule, images, ids, empty, _, _ = _setup(preset_name, image_size, batch_size, precision)
     config = state.config
-    x0 = images.astype(jnp.float32) / 127.5 - 1.0
+    x0 = to_model_range(images)
     key = jax.random.key(0)
-    # Like the train step (`CompiledTrainStep`), compiled on arrays, so no part pays for walking the modules.
+    # Like the train step (`machinery.compiled_step`), compiled on arrays, so no part pays for walking the modules.
     graphdef, params = nnx.split(state.model)
     forward = jax.jit(lambda p, *a: diffusion_loss(nnx.merge(graphdef, p), *a, config))
     gradients = jax.jit(lambda p, *a: nnx.value_and_grad(diffusion_loss)(nnx.merge(graphdef, p), *a, config))
     loss_args = (params, schedule, x0, ids, key)
     f_s, f_flops = _median_seconds(lambda: forward(*loss_args), repeats), _flops(forward, *loss_args)
     g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
-    step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)
+    step = compiled_train_step(state)
     step_args = (schedule, images, ids, empty, key)
     s_flops = _flops(step.program, step.arrays, *step_args)
     s_s = _median_seconds(lambda: step(*step_args), repeats)
@@ -129,10 +130,10 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
 def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
               sampling: bool = True, pytorch: bool = False) -> dict:
     """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
-    state, schedule, images, ids, empty, mesh = _setup(preset_name, image_size, batch_size, precision)
-    config, model_config = state.config, state.model.config
+    state, schedule, images, ids, empty, captions, mesh = _setup(preset_name, image_size, batch_size, precision)
+    model_config = state.model.config
     num_devices = mesh.size if mesh is not None else 1
-    step = CompiledTrainStep(state.model, state.optimizer, state.ema, config)  # what `train` runs
+    step = compiled_train_step(state)  # what `train` runs
     args = (schedule, images, ids, empty)
 
     flops = _flops(step.program, step.arrays, *args, jax.random.key(0))
@@ -152,18 +153,18 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
         "mfu": flops / step_seconds / (peak * num_devices) if peak and flops else None,
     }
     if sampling:
-        run = lambda: np.asarray(sample(state.ema, schedule, ids, empty[None], num_steps=20, guidance_scale=3.0,
-                                        mesh=mesh))  # as the CLI samples
+        generator = Generator.from_training(state)
+        run = lambda: generator.sample(captions, steps=20, guidance=3.0)  # noqa: E731  (as the CLI samples)
         run()  # compiles
         start = time.perf_counter()
         run()
         result["sample_images_per_s"] = batch_size / (time.perf_counter() - start)
     result["peak_memory_gb"] = peak_memory_bytes(device) / 1e9
     if pytorch:
-        from minidiff.pytorch_peer import benchmark_peer
+        from minidiff.command.pytorch_peer import benchmark_peer  # needs the optional bench extra (PyTorch)
 
-        peer = benchmark_peer(model_config, np.asarray(images), np.asarray(ids), np.asarray(empty),
-                              steps=steps, precision=precision, sampling=sampling)
+        peer = benchmark_peer(model_config, state.config, np.asarray(images), np.asarray(ids), np.asarray(empty),
+                              steps=steps, sampling=sampling)
         result |= peer
         result["speedup"] = result["train_images_per_s"] / peer["peer_train_images_per_s"]
         result["peer_mfu"] = flops / peer["peer_step_s"] / peak if peak and flops else None

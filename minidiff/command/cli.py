@@ -1,0 +1,352 @@
+"""The `minidiff` command: demo, train, sample, adherence, evaluate, bench.
+
+    minidiff demo                                   # train on the embedded data, then draw captions
+    minidiff train --out runs/flowers --steps 2000
+    minidiff sample --checkpoint runs/flowers/checkpoint.npz --caption "a red flower with a yellow centre"
+
+Each command is a short function that calls the library; the options are in
+`options.py`. Errors the user can fix (a missing file, a bad value, an empty
+caption) end with one line saying what is wrong and exit status 2.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from minidiff.captions import CaptionError, Tokenizer
+from minidiff.command.benchmark import benchmark, format_row, table_header
+from minidiff.command.options import (add_sampling_options, add_training_options, at_least, default_of,
+                                      field_option, parameter_option, train_config)
+from minidiff.corruption import to_uint8
+from minidiff.datasets import DATASETS, CaptionedImages, load_dataset
+from minidiff.evaluation.evaluate import evaluate, judge_for, reference_set
+from minidiff.evaluation.inception import load_fid_inception
+from minidiff.evaluation.pixel_judge import measure_pixel_adherence
+from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
+from minidiff.generator import Generator, load
+from minidiff.machinery.atomic import atomic_write
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
+from minidiff.machinery.compilation import enable_compilation_cache
+from minidiff.machinery.sharding import data_mesh, initialize_distributed, mesh_for_batch, one_device_per_cpu_core
+from minidiff.model import PRESETS, count_parameters, preset
+from minidiff.sampling import check_settings
+from minidiff.training import PRECISIONS, TrainConfig, TrainingDiverged, TrainState, new_train_state, resume_train_state, train
+
+DEMO_CAPTIONS = (
+    "a red flower with a yellow centre",
+    "a white flower with a black centre",
+    "a blue flower with a yellow centre",  # never seen together in training
+    "a purple flower with a black centre",  # never seen together in training
+    "a yellow bird with blue wings",
+    "a white bird with red wings",
+    "a red bird with black wings",  # never seen together in training
+    "a blue bird with white wings",  # never seen together in training
+)
+# 1500 steps: at 600 the model draws each caption's main colour and not yet its parts (centres,
+# wings); the wings appear between 1200 and 1500 (the README's "How well it follows captions").
+DEMO_STEPS = 1500
+# 5 rather than the usual 3: a model trained for minutes follows its captions more often with
+# stronger guidance (the README has the measurements).
+DEMO_GUIDANCE = 5.0
+
+
+# --- Pictures ----------------------------------------------------------------------
+
+
+def note_unknown_words(tokenizer: Tokenizer, captions) -> None:
+    for caption in captions:
+        unknown = tokenizer.unknown_words(caption)
+        if unknown:
+            print(f"note: the model never saw the word(s) {', '.join(unknown)} in training; "
+                  f"they are read as 'unknown' in {caption!r}", file=sys.stderr)
+
+
+def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, title: str | None = None, **settings):
+    """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
+    note_unknown_words(generator.tokenizer, captions)
+    images = generator.sample([c for c in captions for _ in range(per_caption)], **settings)
+    sampler, steps, guidance = (settings.get(k, default_of(Generator.sample, k)) for k in ("sampler", "steps", "guidance"))
+    save_figure(captioned_grid(images, captions, title=title or f"{sampler}, {steps} steps, guidance {guidance:g}"), path)
+    return images
+
+
+# --- Training, piece by piece --------------------------------------------------------
+
+
+def load_training_data(args, image_size: int) -> CaptionedImages:
+    start = time.perf_counter()
+    dataset = load_dataset(args.dataset, args.split, image_size=image_size, num_images=args.num_images,
+                           seed=args.data_seed, data_dir=args.data_dir, use_cache=not args.no_cache,
+                           download=args.download)
+    print(f"dataset {dataset.name}: {len(dataset)} images of {image_size}x{image_size} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return dataset
+
+
+def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
+    """The run saved in --out (with --resume), or a new model of --preset for this dataset's captions."""
+    if args.resume:
+        state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
+        print(f"resuming {Path(args.out) / 'checkpoint.npz'} at step {state.step} of {config.steps}")
+        return state
+    tokenizer = Tokenizer.from_captions(dataset.all_captions())
+    overrides = {"attention_resolutions": tuple(args.attention_at)} if args.attention_at else {}
+    model_config = preset(args.preset, tokenizer.vocab_size, image_size=dataset.image_size,
+                          max_length=tokenizer.max_length, **overrides)
+    return new_train_state(dataclasses.replace(model_config, prediction=args.prediction), tokenizer, config)
+
+
+def describe_model(state: TrainState, preset_name: str) -> str:
+    unet = state.model.config.unet
+    attended = [f"{n}x{n}" for n in unet.level_sizes if n in unet.attention_resolutions] + ["the middle"]
+    return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, "
+            f"predicts {state.model.config.prediction}, attention: {', '.join(attended)}")
+
+
+def training_mesh(data_parallel: bool, batch_size: int):
+    """Every device if asked, else as many of this host's as split the batch (a CPU counts one per core)."""
+    mesh = data_mesh() if data_parallel else mesh_for_batch(batch_size)
+    if mesh is not None:
+        print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
+              f"{batch_size // mesh.size} images per device per step")
+    return mesh
+
+
+def image_size_to_train(args) -> int:
+    """--image-size, or the size of the run being resumed."""
+    if not args.resume:
+        return args.image_size
+    (model_config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("model_config", kind="training run")
+    return model_config["unet"]["image_size"]
+
+
+def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, count: int = 4) -> list[str]:
+    """The preferred captions the model knows every word of; else the first captions of a few classes."""
+    known = [c for c in preferred if not tokenizer.unknown_words(c)]
+    if known:
+        return known
+    shown, classes = [], set()
+    for options, label in zip(dataset.captions, dataset.labels.get("class", range(len(dataset)))):
+        if int(label) not in classes and len(shown) < count:
+            classes.add(int(label))
+            shown.append(options[0])
+    return shown
+
+
+def run_training(args, preferred_captions=DEMO_CAPTIONS) -> TrainState:
+    """Train as `minidiff train` does; returns the final TrainState."""
+    config = train_config(args)  # checked before anything slow happens
+    if args.multi_host:
+        initialize_distributed()
+    dataset = load_training_data(args, image_size_to_train(args))
+    config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
+    state = new_or_resumed_state(args, dataset, config)
+    print(describe_model(state, "(from checkpoint)" if args.resume else args.preset))
+    out = Path(args.out)
+    captions = captions_to_show(dataset, state.tokenizer, preferred_captions)
+
+    def report(state):
+        draw_grid(Generator.from_training(state), captions, out / f"samples_step{state.step:06d}.png", per_caption=4,
+                  steps=25, guidance=3.0, title=f"step {state.step}: ddim, 25 steps, guidance 3")
+        save_loss_curve(state.losses, out / "loss.png")
+
+    mesh = training_mesh(args.data_parallel or args.multi_host, config.batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    return train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
+                 progress=not args.quiet, mesh=mesh)
+
+
+# --- Commands ------------------------------------------------------------------------
+
+
+def cmd_train(args):
+    state = run_training(args)
+    save_loss_curve(state.losses, Path(args.out) / "loss.png")
+    print(f"wrote {Path(args.out) / 'checkpoint.npz'} and {Path(args.out) / 'loss.png'}")
+
+
+def cmd_demo(args):
+    start = time.perf_counter()
+    # The grid's settings are checked before minutes of training, not after.
+    check_settings(default_of(Generator.sample, "sampler"), default_of(Generator.sample, "steps"), args.guidance)
+    state = run_training(args)
+    out = Path(args.out)
+    save_loss_curve(state.losses, out / "loss.png")
+    grid = out / "demo.png"
+    draw_grid(Generator.from_training(state), DEMO_CAPTIONS, grid, per_caption=6, guidance=args.guidance)
+    print(f"\nwrote {grid.resolve()}\n  (and {out / 'loss.png'}, {out / 'checkpoint.npz'})")
+    print(f"demo took {time.perf_counter() - start:.0f} s; draw more with\n"
+          f"  minidiff sample --checkpoint {out / 'checkpoint.npz'} --caption \"a pink flower with a brown centre\"")
+
+
+def cmd_sample(args):
+    generator = load(args.checkpoint, use_ema=not args.no_ema)
+    draw_grid(generator, args.caption, args.out, per_caption=args.per_caption, sampler=args.sampler, steps=args.steps,
+              guidance=args.guidance, eta=args.eta, x0_clipping=args.x0_clipping, seed=args.seed)
+    print(f"wrote {args.out}")
+
+
+def cmd_adherence(args):
+    generator = load(args.checkpoint)
+    results = {}
+    for split in ("test", "held_out"):
+        for guidance in args.guidance:
+            scores = measure_pixel_adherence(generator, split=split, num_images=args.num_images, guidance=guidance,
+                                             steps=args.steps, seed=args.seed)
+            results[f"{split}/guidance={guidance:g}"] = scores
+            print(f"{split:9s} guidance {guidance:<4g} " + "  ".join(f"{k} {v:.0%}" for k, v in scores.items()))
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(json.dumps(results, indent=2).encode()))
+        print(f"wrote {args.out}")
+
+
+def cmd_evaluate(args):
+    generator = load(args.checkpoint)
+    size = generator.image_shape[0]
+    reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
+    judge = judge_for(args.checkpoint, args.dataset, size, path=args.judge, data_dir=args.data_dir,
+                      steps=args.judge_steps, progress=not args.quiet)
+    inception = load_fid_inception(args.inception) if args.inception else None
+    metrics, images = evaluate(generator, reference, judge, num_samples=args.num_samples, sampler=args.sampler,
+                               steps=args.steps, guidance=args.guidance, seed=args.seed, inception=inception,
+                               progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    shown = min(8, len(images))
+    captions = [options[0] for options in reference.captions[:shown]]
+    pairs = np.stack([images[:shown], reference.images[:shown]], axis=1).reshape(-1, *images.shape[1:])
+    title = f"{args.sampler}, {args.steps} steps, guidance {args.guidance:g} (left: generated, right: real)"
+    save_figure(captioned_grid(pairs, captions, title=title), out / "samples.png")
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    print("judge adherence: " + "  ".join(f"{k} {v:.0%}" for k, v in metrics["judge_adherence"].items()))
+    print("judge accuracy on real images: "
+          + "  ".join(f"{k} {v:.0%}" for k, v in metrics["judge_accuracy_on_real"].items()))
+    print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
+
+
+def cmd_bench(args):
+    if args.pytorch:
+        try:
+            import diffusers  # noqa: F401  (the optional bench extra)
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"--pytorch needs PyTorch and diffusers ({e}): pip install \"minidiff[bench]\"") from None
+    rows = []
+    print(table_header(args.pytorch))
+    for preset_name in args.preset:
+        for size in args.image_size:
+            rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision,
+                                  pytorch=args.pytorch))
+            print(format_row(rows[-1]), flush=True)
+    print(f"device: {rows[-1]['device']}")
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(json.dumps(rows, indent=2).encode()))
+        print(f"wrote {args.out}")
+
+
+# --- Arguments ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minidiff", description="Train and sample small text-to-image diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train on the embedded dataset, then draw images for several captions",
+                               description="Train the small model on the embedded flowers and birds (minutes on a "
+                               "laptop CPU), then write a grid of images generated from captions, some of them "
+                               "attribute pairs never seen in training.")
+    add_training_options(demo, steps=DEMO_STEPS, out="runs/demo", sample_every=0)
+    parameter_option(demo, Generator.sample, "guidance", "classifier-free guidance scale", default=DEMO_GUIDANCE)
+    demo.set_defaults(run=cmd_demo)
+
+    train_command = commands.add_parser("train", help="train a caption-conditioned model",
+                                        description="Train a model; writes OUT/checkpoint.npz, OUT/loss.png and "
+                                        "sample grids.")
+    add_training_options(train_command, steps=TrainConfig.steps, out="runs/train", sample_every=500)
+    train_command.set_defaults(run=cmd_train)
+
+    smp = commands.add_parser("sample", help="generate images from captions with a trained model",
+                              description="Generate a PNG grid: one row of images per caption.")
+    smp.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
+    smp.add_argument("--caption", action="append", required=True, help="a caption; repeat for several rows")
+    add_sampling_options(smp)
+    smp.add_argument("--per-caption", type=at_least(1), default=6, help="images per caption (default: %(default)s)")
+    smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their moving average")
+    smp.add_argument("--out", default="samples.png", help="PNG to write (default: %(default)s)")
+    smp.set_defaults(run=cmd_sample)
+
+    adh = commands.add_parser("adherence", help="measure how often samples show what their captions ask (embedded data)",
+                              description="Generate images (DDIM) for captions of the embedded test and held-out splits "
+                              "and measure, per attribute, the fraction whose drawn colours match the caption (the "
+                              "pixel judge).")
+    adh.add_argument("--checkpoint", required=True, help="a checkpoint trained on the embedded dataset")
+    adh.add_argument("--num-images", type=at_least(1), default=128,
+                     help="images per split and guidance scale (default: %(default)s)")
+    adh.add_argument("--guidance", type=float, nargs="+", default=[1.0, DEMO_GUIDANCE],
+                     help="guidance scales (default: 1 and the demo's 5)")
+    parameter_option(adh, Generator.sample, "steps", "DDIM steps", type=at_least(1))
+    parameter_option(adh, Generator.sample, "seed", "seed")
+    adh.add_argument("--out", help="also write the scores to this JSON file")
+    adh.set_defaults(run=cmd_adherence)
+
+    ev = commands.add_parser("evaluate", help="generate images for held-out captions and measure them",
+                             description="Generate one image per held-out caption and report, in OUT/metrics.json: "
+                             "the Fréchet distance and KID in the features of a small judge trained on the dataset's "
+                             "labels, caption adherence (how often the judge recognises what the caption names) and, "
+                             "with --inception, FID, KID and Inception Score. Also writes OUT/samples.png.")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
+    ev.add_argument("--dataset", default="toy", choices=[d for d in DATASETS if d != "folder"],
+                    help="the dataset the model was trained on; its held-out captions are used (default: %(default)s)")
+    ev.add_argument("--data-dir", help="where flowers or birds are on disk (default: $MINIDIFF_DATA_DIR, then ./data)")
+    ev.add_argument("--num-samples", type=at_least(2), default=256,
+                    help="images to generate; compare figures only at equal N (default: %(default)s)")
+    add_sampling_options(ev, eta=False)
+    ev.add_argument("--judge", help="a judge file (judge-*.npz); default: the one beside the checkpoint, trained if missing")
+    parameter_option(ev, judge_for, "steps", "training steps of a new judge", flag="--judge-steps",
+                     dest="judge_steps", type=at_least(1))
+    ev.add_argument("--inception", help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz)")
+    ev.add_argument("--out", default="runs/evaluation", help="folder for metrics.json and samples.png (default: %(default)s)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(run=cmd_evaluate)
+
+    bench = commands.add_parser("bench", help="time training and sampling of model presets on this machine",
+                                description="Train-step and sampling images/s, compile time, FLOP/s, MFU (where the "
+                                "device's peak is known) and peak memory, per preset and image size.")
+    bench.add_argument("--preset", nargs="+", default=["small"], choices=PRESETS, help="presets to time (default: small)")
+    bench.add_argument("--image-size", type=at_least(1), nargs="+", default=[32], help="image sizes (default: 32)")
+    bench.add_argument("--batch-size", type=at_least(1), default=32, help="images per step (default: %(default)s)")
+    parameter_option(bench, benchmark, "steps", "timed train steps after the compiling one", type=at_least(1))
+    field_option(bench, TrainConfig, "precision", "float32, or bfloat16 mixed precision", choices=PRECISIONS)
+    bench.add_argument("--pytorch", action="store_true", help="also time the same network built from HF diffusers "
+                       "(PyTorch) on the same device, and print the ratio (needs the bench extra: pip install "
+                       "\"minidiff[bench]\")")
+    bench.add_argument("--out", help="also write the results to this JSON file")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    one_device_per_cpu_core()  # before JAX starts: on a CPU, training then uses every core
+    enable_compilation_cache()
+    try:
+        args.run(args)
+    except (CaptionError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as error:
+        print(f"minidiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nminidiff {args.command}: interrupted; the last checkpoint written is intact "
+              "(continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

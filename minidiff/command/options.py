@@ -1,0 +1,132 @@
+"""The command's options, each derived from the setting it sets, and checked where it is defined.
+
+An option that sets a field of a config takes its name, type and default from
+that field (`TrainConfig.batch_size` is `--batch-size`, default 64), an option
+that sets a function's parameter takes its default from the function
+(`Generator.sample`'s `steps`), and choices come from the modules' own tuples
+(`sampling.SAMPLERS`). Nothing is copied, so nothing can drift. The configs
+check their own values when they are built (`TrainConfig.__post_init__`,
+`sampling.check_settings`): the command builds them before any long work, so a
+bad value stops it at once with what is wrong. Options that only the command
+has (how many images per caption) are checked here, by their argparse type.
+"""
+
+import argparse
+import dataclasses
+import inspect
+
+from minidiff.corruption import PREDICTIONS
+from minidiff.datasets import DATASETS, load_dataset
+from minidiff.generator import Generator
+from minidiff.model import PRESETS, ModelConfig, preset
+from minidiff.sampling import SAMPLERS, X0_CLIPPINGS
+from minidiff.training import PRECISIONS, TrainConfig
+
+# The TrainConfig fields the command sets; the others keep their defaults.
+TRAIN_OPTIONS = ("steps", "batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision")
+
+
+def at_least(smallest: int):
+    """An argparse type: a whole number no smaller than `smallest`."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"must be at least {smallest}, got {value}")
+        return value
+
+    return whole_number
+
+
+def default_of(function, name: str):
+    """The default value of parameter `name` of `function`."""
+    return inspect.signature(function).parameters[name].default
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_option(parser, config, name: str, help: str, **overrides):
+    """An option for field `name` of the dataclass `config`: its flag, type and default from the field."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    settings = {"type": type(field.default), "default": field.default} | overrides
+    parser.add_argument(_flag(name), help=f"{help} (default: %(default)s)", **settings)
+
+
+def parameter_option(parser, function, name: str, help: str, flag: str | None = None, **overrides):
+    """An option for parameter `name` of `function`: its flag, type and default from the parameter."""
+    default = default_of(function, name)
+    settings = {"type": type(default), "default": default} | overrides
+    parser.add_argument(flag or _flag(name), help=f"{help} (default: %(default)s)", **settings)
+
+
+def train_config(args) -> TrainConfig:
+    """The TrainConfig the options ask for (a ValueError that says what is wrong, if it cannot train)."""
+    return TrainConfig(**{name: getattr(args, name) for name in TRAIN_OPTIONS})
+
+
+def add_training_options(p, steps: int, out: str, sample_every: int):
+    """The options of `train` and `demo` (which differ in their defaults for these three)."""
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="toy", choices=DATASETS,
+                      help="training data (default: %(default)s, the embedded flowers and birds; flowers = Oxford-102, "
+                      "birds = CUB-200-2011, folder = your images with captions)")
+    data.add_argument("--data-dir", help="where flowers or birds are on disk (or the folder for 'folder'); "
+                      "default: $MINIDIFF_DATA_DIR, then ./data")
+    data.add_argument("--split", default="train", help="which images to train on: train, val, test, eval, "
+                      "train_classes, test_classes or all for flowers and birds; train, test or held_out for the "
+                      "embedded set (default: %(default)s)")
+    data.add_argument("--download", action="store_true",
+                      help="let tensorflow-datasets download flowers or birds if no local copy is found")
+    data.add_argument("--no-cache", action="store_true",
+                      help="decode the images again instead of using the cache ($MINIDIFF_CACHE_DIR or ~/.cache/minidiff)")
+    parameter_option(data, load_dataset, "num_images", "images to generate for the embedded dataset",
+                     type=at_least(1))
+    parameter_option(data, load_dataset, "seed", "seed of the embedded dataset", flag="--data-seed", dest="data_seed")
+
+    model = p.add_argument_group("model")
+    parameter_option(model, preset, "image_size", "image side in pixels", type=at_least(1))
+    model.add_argument("--preset", default="small", choices=PRESETS,
+                       help="model size: tiny (tests), small (CPU), base (GPU) (default: %(default)s)")
+    model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE",
+                       help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
+                       "get self- and cross-attention, e.g. 8 4 (default: the preset's: 4 for tiny and small)")
+    field_option(model, ModelConfig, "prediction", "what the network predicts", choices=PREDICTIONS)
+
+    training = p.add_argument_group("training")
+    field_option(training, TrainConfig, "steps", "optimisation steps", default=steps)
+    field_option(training, TrainConfig, "batch_size", "images per step")
+    field_option(training, TrainConfig, "learning_rate", "peak AdamW learning rate")
+    field_option(training, TrainConfig, "seed", "seed of initialisation, batches and noise")
+    field_option(training, TrainConfig, "precision", "bfloat16: mixed precision (bf16 compute, float32 master "
+                 "weights), for GPUs and TPUs", choices=PRECISIONS)
+    field_option(training, TrainConfig, "sample_every", "steps between sample grids, 0 = none during training",
+                 default=sample_every)
+    field_option(training, TrainConfig, "checkpoint_every", "steps between checkpoints, 0 = only at the end")
+    training.add_argument("--out", default=out,
+                          help="output folder for checkpoint, loss curve and samples (default: %(default)s)")
+    training.add_argument("--resume", action="store_true", help="continue the run saved in --out (to --steps)")
+    training.add_argument("--data-parallel", action="store_true", help="split each batch over every device (GPUs, "
+                          "TPU cores, CPU cores) and stop if it does not split evenly; without it, each batch is split "
+                          "over as many of this host's devices as it evenly can")
+    training.add_argument("--multi-host", action="store_true", help="join a multi-host run first "
+                          "(jax.distributed.initialize); implies --data-parallel over every host's devices")
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_sampling_options(p, *, guidance: float | None = None, eta: bool = True):
+    """--sampler, --steps, --guidance (and --eta, --x0-clipping), from `Generator.sample`; and --seed."""
+    parameter_option(p, Generator.sample, "sampler", "update rule", type=str, choices=SAMPLERS)
+    parameter_option(p, Generator.sample, "steps", "denoising steps (Heun makes 2 network calls per step)",
+                     type=at_least(1))
+    parameter_option(p, Generator.sample, "guidance", "classifier-free guidance: 1 = none, 0 = ignore the caption",
+                     **({"default": guidance} if guidance is not None else {}))
+    if eta:
+        parameter_option(p, Generator.sample, "eta", "DDIM noise: 0 = deterministic, 1 = like DDPM")
+        parameter_option(p, Generator.sample, "x0_clipping", "what is done to each x0 prediction: static = clip "
+                         "to the image range [-1, 1], none = nothing", type=str, choices=X0_CLIPPINGS)
+    parameter_option(p, Generator.sample, "seed", "noise seed")

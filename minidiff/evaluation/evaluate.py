@@ -1,0 +1,130 @@
+"""Evaluation: generate images for held-out captions and measure them.
+
+    held-out (image, caption) pairs --captions--> generator --> generated images
+                  |                                               |
+                  +-- real images, labels ---> judge / Inception <+--> FD, KID, IS, adherence
+
+The captions come from images the generator never trained on (the embedded
+set's test split, the eval split of flowers and birds), so the real images
+are the reference the generated ones are compared with, and their labels say
+what each caption asked for. The judge is `judge.py`'s network; with the
+FID Inception weights, FID, KID and IS are computed too.
+
+Sample size matters: Fréchet distances shrink as N grows (they are biased),
+so only figures computed with the same N and the same feature network are
+comparable. KID is unbiased and is the better figure at small N.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from minidiff.corruption import to_model_range, to_uint8
+from minidiff.datasets import TOY, load_dataset, toy_dataset
+from minidiff.datasets.base import CaptionedImages
+from minidiff.evaluation.inception import inception_outputs
+from minidiff.evaluation.judge import Judge, features_and_predictions, label_agreement, load_judge, save_judge, train_judge
+from minidiff.evaluation.metrics import frechet_distance_of, inception_score, kernel_distance
+from minidiff.generator import Generator
+from minidiff.sampling import function_evaluations
+
+
+def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=None, seed: int = 0,
+                  split: str | None = None) -> CaptionedImages:
+    """Held-out images with their captions and labels: the embedded set's test split
+    (attribute pairs seen in training, new images) or flowers'/birds' eval split."""
+    if name in TOY:
+        return toy_dataset(TOY[name], split=split or "test", num_images=num_images, image_size=image_size,
+                           seed=seed + 1000)
+    reference = load_dataset(name, split or "eval", image_size=image_size, data_dir=data_dir)
+    # A seeded random choice, not the first N: the files are ordered by class, and the first N
+    # would cover only a few classes.
+    chosen = np.random.default_rng(seed).permutation(len(reference))[:num_images]
+    return reference.subset(chosen)
+
+
+def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_dir=None, steps: int = 800,
+              progress: bool = True) -> Judge:
+    """The judge of a generator's images: the one at `path` (which must exist), else the one kept
+    beside the generator's checkpoint, trained on the dataset's train split and saved there if missing."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no judge at {path}; leave the judge path out to train one")
+        return load_judge(path)
+    path = Path(checkpoint).parent / f"judge-{dataset_name}-{image_size}px.npz"
+    if path.is_file():
+        print(f"judge: {path}")
+        return load_judge(path)
+    training = load_dataset(dataset_name, "train", image_size=image_size, data_dir=data_dir)
+    print(f"training a judge on {len(training)} images of {training.name} (once; kept at {path})")
+    judge = train_judge(training, steps=steps, progress=progress)
+    save_judge(judge, path)
+    return judge
+
+
+def judge_metrics(judge: Judge, generated, reference: CaptionedImages) -> dict:
+    """Domain Fréchet distance and KID in the judge's features, and the judge's caption adherence.
+
+    Image i was generated from a caption of reference image i, so reference
+    label i is what it should show. The judge's own accuracy on the real
+    images is reported too: adherence cannot be read more finely than that.
+    """
+    count = len(generated)
+    real = reference.subset(np.arange(count))
+    generated_features, predicted = features_and_predictions(judge, generated)
+    real_features, predicted_real = features_and_predictions(judge, real.images)
+    kid, kid_std = kernel_distance(generated_features, real_features, num_subsets=50, subset_size=min(count, 1000))
+    adherence = label_agreement(predicted, real.labels)
+    return {
+        "judge_fd": frechet_distance_of(generated_features, real_features),
+        "judge_kid": kid,
+        "judge_kid_std": kid_std,
+        "judge_adherence": adherence,
+        "judge_adherence_mean": float(np.mean(list(adherence.values()))),
+        "judge_accuracy_on_real": label_agreement(predicted_real, real.labels),
+    }
+
+
+def inception_metrics(inception, generated, real_images, batch_size: int = 50, resize: bool = True) -> dict:
+    """FID, KID and IS with the FID Inception network (see inception.py), from uint8 images."""
+    def outputs(images_uint8):
+        features, probabilities = [], []
+        for start in range(0, len(images_uint8), batch_size):
+            batch = to_model_range(np.asarray(images_uint8[start : start + batch_size]))
+            f, p = inception_outputs(inception, batch, resize=resize)
+            features.append(np.asarray(f))
+            probabilities.append(np.asarray(p))
+        return np.concatenate(features), np.concatenate(probabilities)
+
+    generated_features, probabilities = outputs(generated)
+    real_features, _ = outputs(real_images)
+    kid, kid_std = kernel_distance(generated_features, real_features, subset_size=min(len(generated), 1000))
+    score, score_std = inception_score(probabilities)
+    return {"fid": frechet_distance_of(generated_features, real_features), "kid": kid, "kid_std": kid_std,
+            "inception_score": score, "inception_score_std": score_std}
+
+
+def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, num_samples: int = 256,
+             sampler: str = "ddim", steps: int = 50, guidance: float = 3.0, seed: int = 0, inception=None,
+             progress: bool = True) -> tuple[dict, np.ndarray]:
+    """Generate num_samples images from the first caption of each reference image; (metrics, uint8 images)."""
+    if num_samples > len(reference):
+        raise ValueError(f"asked for {num_samples} samples but the reference set has only {len(reference)} images")
+    if num_samples < 2:
+        raise ValueError("need at least 2 samples to fit the statistics")
+    captions = [options[0] for options in reference.captions[:num_samples]]
+    images = to_uint8(generator.sample(captions, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                                       truncate=True, progress=progress))
+    metrics = {"sampler": sampler, "steps": steps, "nfe": function_evaluations(sampler, steps),
+               "guidance": guidance, "num_samples": num_samples, "reference": reference.name}
+    metrics |= judge_metrics(judge, images, reference)
+    if inception is not None:
+        metrics |= inception_metrics(inception, images, reference.images[:num_samples])
+    return metrics, images
+
+
+def sampler_sweep(generator: Generator, reference: CaptionedImages, judge: Judge, settings, *,
+                  num_samples: int = 256, guidance: float = 3.0, seed: int = 0, progress: bool = True) -> list[dict]:
+    """`evaluate` for each (sampler, steps) in settings, with the same captions and seed: one row each."""
+    return [evaluate(generator, reference, judge, num_samples=num_samples, sampler=sampler, steps=steps,
+                     guidance=guidance, seed=seed, progress=progress)[0] for sampler, steps in settings]

@@ -1,0 +1,112 @@
+"""Using a trained model: captions in, images out.
+
+    import minidiff
+    generator = minidiff.load("runs/demo/checkpoint.npz")
+    images = generator.sample(["a red flower with a yellow centre"], sampler="dpm++2m", steps=20, guidance=3)
+
+A `Generator` is the trained network with what it needs to be asked in words:
+its tokenizer and the noise schedule it was trained on. `sample` turns
+captions into ids, draws the starting noise from the seed, splits the rows over
+this host's devices where they split evenly, runs a sampler (`minidiff.sampling`)
+and hands back images, in batches with a progress bar if asked.
+
+Later stages chain onto it: a cascade follows the generator with an upscaler,
+a latent model with the autoencoder's decoder. Each is a stage in `followed_by`,
+called on the images the one before made.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from minidiff.captions import Tokenizer
+from minidiff.corruption import NoiseSchedule
+from minidiff.machinery.checkpoints import Checkpoint
+from minidiff.machinery.sharding import gather_on_one_device, mesh_for_batch, replicate, shard_batch
+from minidiff.model import ModelConfig, TextToImage, create_model
+from minidiff.sampling import check_settings, sample
+from minidiff.training import TrainConfig, TrainState
+
+# A stage after the generator: (images (N, H, W, C) in [-1, 1], their captions, seed) -> new images.
+Stage = Callable[[np.ndarray, list[str], int], np.ndarray]
+
+
+@dataclasses.dataclass
+class Generator:
+    model: TextToImage
+    tokenizer: Tokenizer
+    schedule: NoiseSchedule
+    followed_by: Sequence[Stage] = ()
+
+    @classmethod
+    def from_training(cls, state: TrainState) -> "Generator":
+        """The generator a run has trained so far: its EMA weights."""
+        return cls(state.ema, state.tokenizer, state.config.noise_schedule())
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of what the network generates."""
+        unet = self.model.config.unet
+        return (unet.image_size, unet.image_size, unet.channels)
+
+    def sample(self, captions: Sequence[str], *, sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
+               eta: float = 0.0, seed: int = 0, x0_clipping: str = "static", truncate: bool = False,
+               batch_size: int = 64, keep_trajectory: bool = False, progress: bool = False):
+        """One image per caption: (N, H, W, C) float32 in [-1, 1] (`corruption.to_uint8` makes pixels).
+
+        Batch k (of `batch_size` captions) starts from the noise of seed + k * batch_size,
+        so an image depends on its seed and its place, not on how many others are drawn
+        after it. A caption too long for the model is an error unless `truncate`. With
+        keep_trajectory, also returns the x0 prediction at every step, (steps, N, H, W, C).
+        The other settings are `minidiff.sampling.sample`'s.
+        """
+        check_settings(sampler, steps, guidance, eta, x0_clipping)
+        captions = list(captions)
+        if not captions:
+            raise ValueError("no captions to draw: give at least one")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        ids = self.tokenizer.encode_batch(captions, truncate=truncate)  # a clear error for an empty caption
+        images, trajectories = [], []
+        starts = range(0, len(ids), batch_size)
+        for start in tqdm(starts, desc=f"sampling ({sampler}, {steps} steps)", disable=not progress, unit="batch"):
+            result = self._sample_batch(ids[start : start + batch_size], seed + start, sampler=sampler, num_steps=steps,
+                                        guidance_scale=guidance, eta=eta, x0_clipping=x0_clipping,
+                                        keep_trajectory=keep_trajectory)
+            batch, trajectory = result if keep_trajectory else (result, None)
+            images.append(np.asarray(batch))
+            trajectories.append(np.asarray(trajectory) if keep_trajectory else None)
+        images = np.concatenate(images)
+        for stage in self.followed_by:
+            images = stage(images, captions, seed)
+        return (images, np.concatenate(trajectories, axis=1)) if keep_trajectory else images
+
+    def _sample_batch(self, token_ids: np.ndarray, seed: int, **settings):
+        """One batch through the sampler, its rows split over as many of this host's devices as divide it."""
+        noise_key, loop_key = jax.random.split(jax.random.key(seed))
+        noise = jax.random.normal(noise_key, (len(token_ids), *self.image_shape))
+        empty_ids = np.repeat(self.tokenizer.empty(1), len(token_ids), axis=0)
+        mesh = mesh_for_batch(len(token_ids))
+        if mesh is not None:
+            replicate(self.model, mesh)
+            token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh) for rows in (token_ids, empty_ids, noise))
+        else:
+            # A jitted call runs where its inputs live: a model left replicated by an earlier
+            # batch would compute this one on every device.
+            gather_on_one_device(self.model)
+            token_ids, empty_ids = jnp.asarray(token_ids), jnp.asarray(empty_ids)
+        return sample(self.model, self.schedule, noise, token_ids, empty_ids, loop_key, **settings)
+
+
+def load(path, use_ema: bool = True) -> Generator:
+    """The generator saved in a training run's checkpoint, with the EMA weights unless told otherwise."""
+    checkpoint = Checkpoint(path)
+    model_config, tokenizer, train_config = checkpoint.fields("model_config", "tokenizer", "train_config",
+                                                              kind="generator")
+    model = create_model(ModelConfig.from_dict(model_config))
+    checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
+    return Generator(model, Tokenizer.from_dict(tokenizer), TrainConfig(**train_config).noise_schedule())

@@ -1,0 +1,86 @@
+"""The Generator: captions in, images out, the same way from a run in memory and from its checkpoint."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import minidiff
+from minidiff.captions import CaptionError
+from minidiff.corruption import cosine_schedule
+from minidiff.denoiser import upsample_nearest
+from minidiff.evaluation.judge import Judge, JudgeConfig, save_judge
+from minidiff.generator import Generator
+from minidiff.machinery.checkpoints import CheckpointError
+from minidiff.machinery.initialisation import numpy_initialised
+from minidiff.training import new_train_state, train
+
+CAPTIONS = ["a red flower", "a blue bird", "a yellow flower", "a white bird", "a black bird"]
+
+
+@pytest.fixture()
+def generator(model, tokenizer):
+    model.unet.out.kernel[...] = 0.05 * jnp.ones_like(model.unet.out.kernel[...])  # make outputs depend on the input
+    return Generator(model, tokenizer, cosine_schedule(1000))
+
+
+def test_the_same_seed_gives_the_same_images_and_another_seed_others(generator):
+    first = generator.sample(CAPTIONS[:2], steps=4, seed=0)
+    assert first.shape == (2, 16, 16, 3) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, generator.sample(CAPTIONS[:2], steps=4, seed=0))
+    assert not np.allclose(first, generator.sample(CAPTIONS[:2], steps=4, seed=1))
+
+
+def test_an_image_depends_on_its_seed_and_place_not_on_the_batch_size(generator):
+    """Batch k starts from seed + k * batch_size: drawing the same captions in smaller batches, or
+    fewer captions from a later seed, gives the same images."""
+    all_at_once = generator.sample(CAPTIONS[:4], steps=3, seed=5, batch_size=2)
+    np.testing.assert_array_equal(all_at_once[2:4], generator.sample(CAPTIONS[2:4], steps=3, seed=7, batch_size=2))
+    images, trajectory = generator.sample(CAPTIONS, steps=3, batch_size=2, keep_trajectory=True)
+    assert trajectory.shape == (3, 5, 16, 16, 3)
+    np.testing.assert_array_equal(trajectory[-1], images)
+
+
+def test_a_stage_after_the_generator_gets_its_images(generator):
+    """A cascade or a latent decoder follows the generator: here a stand-in that doubles the size."""
+    seen = []
+
+    def double(images, captions, seed):
+        seen.append((captions, seed))
+        return np.asarray(upsample_nearest(jnp.asarray(images)))
+
+    base = generator.sample(CAPTIONS[:2], steps=2, seed=3)
+    chained = Generator(generator.model, generator.tokenizer, generator.schedule, followed_by=[double, double])
+    out = chained.sample(CAPTIONS[:2], steps=2, seed=3)
+    assert out.shape == (2, 64, 64, 3) and seen == [(CAPTIONS[:2], 3)] * 2
+    np.testing.assert_array_equal(out[:, ::4, ::4], base)
+
+
+def test_bad_captions_and_settings_are_clear_errors(generator):
+    with pytest.raises(CaptionError, match="no words"):
+        generator.sample(["a red flower", "{}"])
+    with pytest.raises(ValueError, match="at least one"):
+        generator.sample([])
+    long = " ".join(["red"] * 30)
+    with pytest.raises(CaptionError, match="at most 23"):
+        generator.sample([long], steps=2)
+    assert generator.sample([long], steps=2, truncate=True).shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="finite"):
+        generator.sample(CAPTIONS[:1], guidance=float("nan"))
+
+
+def test_a_loaded_checkpoint_draws_what_the_run_in_memory_draws(tmp_path, dataset, tokenizer, model_config,
+                                                                 train_config):
+    state = train(new_train_state(model_config, tokenizer, train_config), dataset, tmp_path, progress=False)
+    in_memory = Generator.from_training(state).sample(CAPTIONS[:3], steps=3, guidance=2.0)
+    loaded = minidiff.load(tmp_path / "checkpoint.npz")
+    assert loaded.schedule.num_steps == train_config.num_timesteps and loaded.tokenizer == tokenizer
+    np.testing.assert_array_equal(loaded.sample(CAPTIONS[:3], steps=3, guidance=2.0), in_memory)
+    raw = minidiff.load(tmp_path / "checkpoint.npz", use_ema=False)
+    assert not np.array_equal(raw.sample(CAPTIONS[:3], steps=3, guidance=2.0), in_memory)
+
+
+def test_a_judge_file_is_not_a_generator(tmp_path):
+    config = JudgeConfig(image_size=16, heads=(("colour", 3),), widths=(8, 8), groups=4)
+    path = save_judge(numpy_initialised(lambda rngs: Judge(config, rngs=rngs)), tmp_path / "judge.npz")
+    with pytest.raises(CheckpointError, match="not a generator checkpoint"):
+        minidiff.load(path)
