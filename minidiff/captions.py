@@ -150,10 +150,10 @@ class TextEncoder(nnx.Module):
         self.config = config
         embedding_init = nnx.initializers.normal(0.02)
         self.token_embedding = nnx.Embed(
-            config.vocab_size, config.dim, embedding_init=embedding_init, embedding_metadata={"init_std": 0.02}, rngs=rngs
+            config.vocab_size, config.dim, embedding_init=embedding_init, rngs=rngs
         )
         self.position_embedding = nnx.Param(
-            embedding_init(rngs.params(), (config.max_length, config.dim)), init_std=0.02
+            embedding_init(rngs.params(), (config.max_length, config.dim))
         )
         self.blocks = nnx.List([TransformerBlock(config.dim, config.heads, rngs=rngs) for _ in range(config.depth)])
         self.norm = nnx.LayerNorm(config.dim, rngs=rngs)

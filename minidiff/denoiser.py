@@ -82,7 +82,7 @@ class ResidualBlock(nnx.Module):
         self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), rngs=rngs)
         self.cond = nnx.Linear(cond_dim, 2 * out_channels, rngs=rngs)
         self.norm2 = nnx.GroupNorm(out_channels, num_groups=min(groups, out_channels), rngs=rngs)
-        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), kernel_init=nnx.initializers.zeros, kernel_metadata={"zero_init": True}, rngs=rngs)
+        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.skip = nnx.Conv(in_channels, out_channels, (1, 1), rngs=rngs) if in_channels != out_channels else None
 
     def __call__(self, x, cond):  # x: (B, H, W, Cin), cond: (B, cond_dim)
@@ -243,7 +243,7 @@ class UNet(nnx.Module):
 
         self.out_norm = nnx.GroupNorm(width, num_groups=min(c.groups, width), rngs=rngs)
         self.out_cond = nnx.Linear(c.cond_dim, 2 * width, rngs=rngs) if c.modulated_output_norm else None
-        self.out = nnx.Conv(width, p * p * c.channels, (3, 3), kernel_init=nnx.initializers.zeros, kernel_metadata={"zero_init": True}, rngs=rngs)
+        self.out = nnx.Conv(width, p * p * c.channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
         c = self.config

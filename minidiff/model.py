@@ -16,7 +16,7 @@ from flax import nnx
 from minidiff.captions import TextEncoder, TextEncoderConfig
 from minidiff.corruption import PREDICTIONS
 from minidiff.denoiser import UNet, UNetConfig
-from minidiff.machinery.initialisation import numpy_initialised
+from minidiff.machinery.initialisation import initialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +94,8 @@ class TextToImage(nnx.Module):
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> TextToImage:
-    """A text-to-image model with random parameters (see `numpy_initialised`)."""
-    return numpy_initialised(lambda rngs: TextToImage(config, rngs=rngs), seed)
+    """A text-to-image model with random parameters, as its modules declare them (see `initialised`)."""
+    return initialised(TextToImage, config, seed)
 
 
 def count_parameters(model: nnx.Module) -> int:

@@ -11,7 +11,7 @@ from minidiff.denoiser import upsample_nearest
 from minidiff.evaluation.judge import Judge, JudgeConfig, save_judge
 from minidiff.generator import Generator
 from minidiff.machinery.checkpoints import CheckpointError
-from minidiff.machinery.initialisation import numpy_initialised
+from minidiff.machinery.initialisation import initialised
 from minidiff.training import new_train_state, train
 
 CAPTIONS = ["a red flower", "a blue bird", "a yellow flower", "a white bird", "a black bird"]
@@ -81,6 +81,6 @@ def test_a_loaded_checkpoint_draws_what_the_run_in_memory_draws(tmp_path, datase
 
 def test_a_judge_file_is_not_a_generator(tmp_path):
     config = JudgeConfig(image_size=16, heads=(("colour", 3),), widths=(8, 8), groups=4)
-    path = save_judge(numpy_initialised(lambda rngs: Judge(config, rngs=rngs)), tmp_path / "judge.npz")
+    path = save_judge(initialised(Judge, config), tmp_path / "judge.npz")
     with pytest.raises(CheckpointError, match="not a generator checkpoint"):
         minidiff.load(path)

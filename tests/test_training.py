@@ -31,7 +31,9 @@ def test_loss_falls_over_a_few_steps(dataset, tokenizer, model_config, train_con
     before = fixed_loss(state.model)
     state = train(state, images, progress=False)
     assert len(state.losses) == train_config.steps and np.all(np.isfinite([loss for _, loss in state.losses]))
-    assert fixed_loss(state.model) < 0.95 * before  # measured 0.87; same t, noise and images: no luck involved
+    # Same t, noise and images before and after: 0.86-0.96 of the loss before over the seeds 0-4; a broken
+    # update (no step, or a step uphill) gives 1 or more.
+    assert fixed_loss(state.model) < 0.98 * before
 
 
 def test_compiled_step_on_arrays_equals_the_step_on_modules(dataset, tokenizer, model_config, train_config):

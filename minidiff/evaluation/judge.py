@@ -31,7 +31,7 @@ from flax import nnx
 from minidiff.corruption import to_model_range
 from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
 from minidiff.machinery.checkpoints import Checkpoint, save_checkpoint
-from minidiff.machinery.initialisation import numpy_initialised
+from minidiff.machinery.initialisation import initialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ def train_judge(dataset: CaptionedImages, steps: int = 600, batch_size: int = 64
     config = JudgeConfig.for_dataset(dataset, **config_overrides)
     if not config.heads:
         raise ValueError(f"{dataset.name} has no labels with two or more classes to train a judge on")
-    model = numpy_initialised(lambda rngs: Judge(config, rngs=rngs), seed)
+    model = initialised(Judge, config, seed)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
     key = jax.random.key(seed)
@@ -169,6 +169,6 @@ def load_judge(path) -> Judge:
     checkpoint = Checkpoint(path)
     (config,) = checkpoint.fields("judge_config", kind="judge")
     config = JudgeConfig.from_dict(config)
-    model = numpy_initialised(lambda rngs: Judge(config, rngs=rngs))
+    model = initialised(Judge, config)
     checkpoint.restore("judge", model)
     return model
