@@ -11,7 +11,7 @@ without outputs.
 
 import argparse
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import nbformat
@@ -38,12 +38,13 @@ def main(argv=None):
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     paths = [HERE / n for n in args.names] or sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     start, failed = time.perf_counter(), []
-    # Chapter 02 trains the model that chapters 03, 04 and 07 load (they train it themselves if it is not
-    # there yet), so it starts first. Then later chapters, which build bigger things and take longest:
-    # started early, they do not run alone at the end.
-    order = sorted(paths, key=lambda path: (path.name != FIRST_MODEL_CHAPTER, -paths.index(path)))
+    # Chapter 02 trains the model that chapters 03, 04 and 07 load (they would train it again if it were
+    # not there yet), so it runs first, on its own. Then the later chapters first: they build bigger
+    # things and take longest, and started early, they do not run alone at the end.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {path: pool.submit(run, path) for path in order}
+        futures = {path: pool.submit(run, path) for path in paths if path.name == FIRST_MODEL_CHAPTER}
+        wait(futures.values())
+        futures |= {path: pool.submit(run, path) for path in reversed(paths) if path not in futures}
         for path in paths:  # reported in reading order
             try:
                 print(f"{path.name}: ok in {futures[path].result():.0f} s", flush=True)

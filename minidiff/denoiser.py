@@ -153,7 +153,7 @@ class UNetConfig:
         down = self.patch_size * 2 ** (len(self.widths) - 1)
         if self.image_size < down or self.image_size % down:
             raise ValueError(
-                f"image_size {self.image_size} must be a positive size divisible by patch_size * 2^(levels - 1) = {down}"
+                f"image_size {self.image_size} must be a positive multiple of patch_size * 2^(levels - 1) = {down}"
             )
 
 

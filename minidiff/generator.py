@@ -16,6 +16,7 @@ called on the images the one before made.
 """
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,7 +32,10 @@ from minidiff.model import ModelConfig, TextToImage, create_model
 from minidiff.sampling import check_settings, sample
 from minidiff.training import TrainConfig, TrainState
 
+# What `Generator.sample` draws with (its other parameters say how the work is split and shown).
+SAMPLING_SETTINGS = ("sampler", "steps", "guidance", "eta", "x0_clipping", "seed")
 # A stage after the generator: (images (N, H, W, C) in [-1, 1], their captions, seed) -> new images.
+# A stage that draws noise derives its own keys from the seed, so that they differ from the generator's.
 Stage = Callable[[np.ndarray, list[str], int], np.ndarray]
 
 
@@ -47,9 +51,22 @@ class Generator:
         """The generator a run has trained so far: its EMA weights."""
         return cls(state.ema, state.tokenizer, state.config.noise_schedule())
 
+    @staticmethod
+    def settings(**given) -> dict:
+        """`sample`'s SAMPLING_SETTINGS: those given and the defaults of the others, checked
+        (`sampling.check_settings`), so that bad ones stop a caller before it does anything slow."""
+        unknown = set(given) - set(SAMPLING_SETTINGS)
+        if unknown:
+            raise TypeError(f"{', '.join(sorted(unknown))}: not among the sampling settings {SAMPLING_SETTINGS}")
+        parameters = inspect.signature(Generator.sample).parameters
+        settings = {name: parameters[name].default for name in SAMPLING_SETTINGS} | given
+        check_settings(settings["sampler"], settings["steps"], settings["guidance"], settings["eta"],
+                       settings["x0_clipping"])
+        return settings
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of what the network generates."""
+        """(H, W, C) of what the network generates (the stages after it may change it)."""
         unet = self.model.config.unet
         return (unet.image_size, unet.image_size, unet.channels)
 
@@ -89,11 +106,12 @@ class Generator:
         """One batch through the sampler, its rows split over as many of this host's devices as divide it."""
         noise_key, loop_key = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(noise_key, (len(token_ids), *self.image_shape))
-        empty_ids = np.repeat(self.tokenizer.empty(1), len(token_ids), axis=0)
+        empty_ids = self.tokenizer.empty(len(token_ids))
         mesh = mesh_for_batch(len(token_ids))
         if mesh is not None:
             replicate(self.model, mesh)
-            token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh) for rows in (token_ids, empty_ids, noise))
+            token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh)
+                                           for rows in (token_ids, empty_ids, noise))
         else:
             # A jitted call runs where its inputs live: a model left replicated by an earlier
             # batch would compute this one on every device.

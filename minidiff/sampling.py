@@ -284,6 +284,9 @@ def sample(
     sampled there (`minidiff.generator.Generator` does that).
     """
     check_settings(sampler, num_steps, guidance_scale, eta, x0_clipping)
+    if empty_ids.shape != token_ids.shape or noise.shape[0] != token_ids.shape[0]:
+        raise ValueError(f"noise {noise.shape}, token_ids {token_ids.shape} and empty_ids {empty_ids.shape} must "
+                         "have one row per image, and the ids one shape (B, L): use tokenizer.empty(B)")
     levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
     key = jax.random.key(0) if key is None else key
     images, trajectory = _sample_loop(

@@ -31,7 +31,7 @@ from minidiff.captions import Tokenizer
 from minidiff.corruption import (SCHEDULES, NoiseSchedule, make_schedule, network_time, prediction_target, q_sample,
                                  snr, to_model_range)
 from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices, mirror_some
-from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, save_run
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, restore_run, save_run
 from minidiff.machinery.compiled_step import CompiledStep
 from minidiff.machinery.sharding import check_batch_size, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage, create_model
@@ -55,7 +55,7 @@ class TrainConfig:
     num_timesteps: int = 1000
     loss_weighting: str = "clipped_snr"  # one of LOSS_WEIGHTINGS (see `loss_weight`)
     min_snr_gamma: float = 5.0  # the cap of both SNR weightings
-    precision: str = "float32"  # one of PRECISIONS; "bfloat16": bf16 weights and activations in the step, float32 master weights
+    precision: str = "float32"  # one of PRECISIONS; "bfloat16": bf16 compute, float32 master weights
     seed: int = 0
     log_every: int = 10  # steps between progress-bar updates (each one waits for the device)
     sample_every: int = 0  # steps between sample grids; 0 = only at the end
@@ -223,7 +223,6 @@ class TrainState:
     losses: list = dataclasses.field(default_factory=list)  # (step, loss) pairs
 
 
-
 def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: TrainConfig) -> TrainState:
     model = create_model(model_config, seed=config.seed)
     # The EMA starts equal to the model, in its own buffers: a training step donates (overwrites) both.
@@ -233,10 +232,10 @@ def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: Tra
 
 
 def resume_train_state(path, config: TrainConfig | None = None) -> TrainState:
-    """Reopen a run from its checkpoint (`machinery.checkpoints.save_run`); `config` may extend `steps`, nothing else."""
-    checkpoint = Checkpoint(path)
-    saved, model_config, tokenizer, step, losses = checkpoint.fields(
-        "train_config", "model_config", "tokenizer", "step", "losses", kind="training run")
+    """Reopen a run from its checkpoint (`machinery.checkpoints.save_run`); `config` may extend `steps`,
+    nothing else."""
+    saved, model_config, tokenizer = Checkpoint(path).fields("train_config", "model_config", "tokenizer",
+                                                              kind="training run")
     saved = TrainConfig(**saved)
     if config is not None and dataclasses.replace(config, steps=saved.steps) != saved:
         changed = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
@@ -245,10 +244,7 @@ def resume_train_state(path, config: TrainConfig | None = None) -> TrainState:
             "only the number of steps may change"
         )
     state = new_train_state(ModelConfig.from_dict(model_config), Tokenizer.from_dict(tokenizer), config or saved)
-    for name in ("model", "ema", "optimizer"):
-        checkpoint.restore(name, getattr(state, name))
-    state.step, state.losses = int(step), [tuple(x) for x in losses]
-    return state
+    return restore_run(path, state)
 
 
 def compiled_train_step(state: TrainState) -> CompiledStep:

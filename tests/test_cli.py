@@ -1,12 +1,20 @@
 import inspect
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from minidiff.command.cli import DEMO_GUIDANCE, DEMO_STEPS, build_parser, main
+from minidiff.command.benchmark import benchmark
+from minidiff.command.cli import DEMO_GUIDANCE, DEMO_STEPS, build_parser, draw_grid, main
 from minidiff.command.options import TRAIN_OPTIONS
 from minidiff.corruption import PREDICTIONS
 from minidiff.datasets import DATASETS, load_dataset
+from minidiff.evaluation.evaluate import evaluate
+from minidiff.evaluation.judge import train_judge
+from minidiff.evaluation.pixel_judge import measure_pixel_adherence
 from minidiff.generator import Generator
 from minidiff.machinery.checkpoints import Checkpoint
 from minidiff.model import PRESETS, ModelConfig, preset
@@ -65,7 +73,14 @@ def test_option_defaults_and_choices_are_the_libraries_own():
         assert tuple(option(command, "--sampler").choices) == SAMPLERS
     assert option("sample", "--eta").default == sample_defaults["eta"]
     assert tuple(option("sample", "--x0-clipping").choices) == X0_CLIPPINGS
+    assert option("sample", "--per-caption").default == defaults_of(draw_grid)["per_caption"]
+    assert option("adherence", "--num-images").default == defaults_of(measure_pixel_adherence)["num_images"]
+    assert option("evaluate", "--num-samples").default == defaults_of(evaluate)["num_samples"]
+    assert option("evaluate", "--judge-steps").default == defaults_of(train_judge)["steps"]
+    assert option("train", "--split").default == defaults_of(load_dataset)["split"]
+    assert option("bench", "--image-size").default == [defaults_of(preset)["image_size"]]
     assert option("bench", "--precision").default == TrainConfig.precision
+    assert option("bench", "--steps").default == defaults_of(benchmark)["steps"]
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +148,18 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         assert exit_.value.code == 2 and "error: argument" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "none.npz"), "--caption", "a flower"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_a_multi_host_run_starts_jax_distributed_before_the_devices(tmp_path):
+    """--multi-host with one process (a coordinator on this machine): jax.distributed must be started
+    before anything starts JAX's devices, which the CPU's one-device-per-core set-up does."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="1", JAX_PROCESS_ID="0")
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "minidiff.command.cli", "train", "--multi-host", "--preset", "tiny",
+                             "--image-size", "16", "--num-images", "32", "--steps", "2", "--batch-size", "4",
+                             "--sample-every", "0", "--out", str(run), "--quiet"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and (run / "checkpoint.npz").is_file(), result.stderr[-3000:]

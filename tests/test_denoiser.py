@@ -56,8 +56,9 @@ def test_caption_changes_the_prediction_once_trained_weights_are_nonzero(model, 
 
 
 def test_bad_configs_are_clear_errors(tokenizer):
-    with pytest.raises(ValueError, match="divisible"):
-        UNetConfig(image_size=30, patch_size=2, widths=(8, 16))
+    for size in (30, 0):
+        with pytest.raises(ValueError, match="positive multiple of"):
+            UNetConfig(image_size=size, patch_size=2, widths=(8, 16))
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge", 10)
     config = preset("tiny", 10)

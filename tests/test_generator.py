@@ -30,9 +30,9 @@ def test_the_same_seed_gives_the_same_images_and_another_seed_others(generator):
     assert not np.allclose(first, generator.sample(CAPTIONS[:2], steps=4, seed=1))
 
 
-def test_an_image_depends_on_its_seed_and_place_not_on_the_batch_size(generator):
-    """Batch k starts from seed + k * batch_size: drawing the same captions in smaller batches, or
-    fewer captions from a later seed, gives the same images."""
+def test_an_image_depends_on_its_seed_and_place(generator):
+    """Batch k starts from seed + k * batch_size, so an image does not depend on how many are drawn
+    after it: the second batch of four captions is what those two captions give from its seed."""
     all_at_once = generator.sample(CAPTIONS[:4], steps=3, seed=5, batch_size=2)
     np.testing.assert_array_equal(all_at_once[2:4], generator.sample(CAPTIONS[2:4], steps=3, seed=7, batch_size=2))
     images, trajectory = generator.sample(CAPTIONS, steps=3, batch_size=2, keep_trajectory=True)

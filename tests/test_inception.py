@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff.evaluation.inception import (FIDInception, convert_weights, from_torch_state_dict, inception_outputs, read_weights,
-                                torch_shapes)
+from minidiff.evaluation.inception import (FIDInception, convert_weights, from_torch_state_dict, inception_outputs,
+                                           read_weights, torch_shapes)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from minidiff.datasets import toy_dataset
 from minidiff.evaluation.judge import (JudgeConfig, features_and_predictions, label_agreement, load_judge, save_judge,
                                        train_judge)
 from minidiff.machinery.checkpoints import CheckpointError, save_checkpoint
-from minidiff.datasets import toy_dataset
 
 
 def test_label_agreement_skips_labels_that_do_not_apply():

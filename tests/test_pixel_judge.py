@@ -1,7 +1,7 @@
 import numpy as np
 
-from minidiff.evaluation.pixel_judge import pixel_adherence, read_attributes
 from minidiff.datasets import toy_dataset
+from minidiff.evaluation.pixel_judge import pixel_adherence, read_attributes
 
 
 def test_the_judge_reads_the_dataset_own_images():

@@ -1,4 +1,4 @@
-"""Samplers, checked against a denoiser whose answer is known in closed form (`minidiff.oracles`)."""
+"""Samplers, checked against a denoiser whose answer is known in closed form (`minidiff.course.oracles`)."""
 
 import jax
 import jax.numpy as jnp

@@ -26,7 +26,8 @@ def test_on_four_simulated_devices():
                                               ({"XLA_FLAGS": "--xla_force_host_platform_device_count=5"}, 5)])
 def test_the_cpu_splits_into_one_device_per_core_unless_the_count_was_chosen(chosen, expected):
     """In a fresh interpreter (the count is fixed when JAX starts): one device per core, or the user's choice;
-    calling it again once JAX has started changes nothing. Importing minidiff must not start JAX."""
+    calling it again once JAX has started changes nothing. Importing the command (all the library) must
+    not start JAX."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     result = subprocess.run([sys.executable, __file__, str(expected or len(os.sched_getaffinity(0)))],
                             env=env | {"JAX_PLATFORMS": "cpu"} | chosen, capture_output=True, text=True, timeout=120)
@@ -34,7 +35,7 @@ def test_the_cpu_splits_into_one_device_per_core_unless_the_count_was_chosen(cho
 
 
 if __name__ == "__main__":  # the fresh interpreter of the test above
-    import minidiff  # noqa: F401  (the whole library, imported before JAX starts)
+    import minidiff.command.cli  # noqa: F401  (what `minidiff` imports before it sets the devices up)
 
     expected = int(sys.argv[1])
     assert one_device_per_cpu_core() == expected == len(jax.devices()), (expected, jax.devices())

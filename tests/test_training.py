@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from minidiff.corruption import snr, to_model_range
+from minidiff.machinery.checkpoints import CheckpointError
 from minidiff.training import (
     TrainConfig, TrainingDiverged, compiled_train_step, diffusion_loss, drop_captions, loss_weight, new_train_state,
     resume_train_state, train, train_step,
@@ -96,7 +97,7 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path, dataset, tokenizer,
 
 def test_resume_refuses_changed_settings(tmp_path, dataset, tokenizer, model_config, train_config):
     train(new_train_state(model_config, tokenizer, train_config), dataset, tmp_path, progress=False)
-    with pytest.raises(Exception, match="learning_rate"):
+    with pytest.raises(CheckpointError, match="learning_rate"):
         resume_train_state(tmp_path / "checkpoint.npz", dataclasses.replace(train_config, learning_rate=0.1))
 
 

@@ -154,7 +154,8 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     }
     if sampling:
         generator = Generator.from_training(state)
-        run = lambda: generator.sample(captions, steps=20, guidance=3.0)  # noqa: E731  (as the CLI samples)
+        # The whole batch at once, split over the devices as the CLI splits it.
+        run = lambda: generator.sample(captions, steps=20, guidance=3.0, batch_size=len(captions))  # noqa: E731
         run()  # compiles
         start = time.perf_counter()
         run()

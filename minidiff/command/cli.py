@@ -19,24 +19,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from minidiff.captions import CaptionError, Tokenizer
+from minidiff.captions import SPECIAL_TOKENS, CaptionError, Tokenizer
 from minidiff.command.benchmark import benchmark, format_row, table_header
-from minidiff.command.options import (add_sampling_options, add_training_options, at_least, default_of,
-                                      field_option, parameter_option, train_config)
-from minidiff.corruption import to_uint8
+from minidiff.command.options import (add_sampling_options, add_training_options, at_least, default_of, field_option,
+                                      parameter_option, sampling_settings, train_config)
 from minidiff.datasets import DATASETS, CaptionedImages, load_dataset
 from minidiff.evaluation.evaluate import evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
+from minidiff.evaluation.judge import train_judge
 from minidiff.evaluation.pixel_judge import measure_pixel_adherence
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
-from minidiff.generator import Generator, load
+from minidiff.generator import SAMPLING_SETTINGS, Generator, load
 from minidiff.machinery.atomic import atomic_write
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.compilation import enable_compilation_cache
 from minidiff.machinery.sharding import data_mesh, initialize_distributed, mesh_for_batch, one_device_per_cpu_core
-from minidiff.model import PRESETS, count_parameters, preset
-from minidiff.sampling import check_settings
-from minidiff.training import PRECISIONS, TrainConfig, TrainingDiverged, TrainState, new_train_state, resume_train_state, train
+from minidiff.model import PRESETS, ModelConfig, count_parameters, preset
+from minidiff.training import (PRECISIONS, TrainConfig, TrainingDiverged, TrainState, new_train_state,
+                               resume_train_state, train)
 
 DEMO_CAPTIONS = (
     "a red flower with a yellow centre",
@@ -48,11 +48,10 @@ DEMO_CAPTIONS = (
     "a red bird with black wings",  # never seen together in training
     "a blue bird with white wings",  # never seen together in training
 )
-# 1500 steps: at 600 the model draws each caption's main colour and not yet its parts (centres,
-# wings); the wings appear between 1200 and 1500 (the README's "How well it follows captions").
+# Long enough for the model to draw the parts captions name (centres, wings), not only their main
+# colour, and a stronger guidance than usual, which a model trained for minutes follows its captions
+# more often with: the README's "How well it follows captions" has the measurements behind both.
 DEMO_STEPS = 1500
-# 5 rather than the usual 3: a model trained for minutes follows its captions more often with
-# stronger guidance (the README has the measurements).
 DEMO_GUIDANCE = 5.0
 
 
@@ -71,8 +70,9 @@ def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, tit
     """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
     note_unknown_words(generator.tokenizer, captions)
     images = generator.sample([c for c in captions for _ in range(per_caption)], **settings)
-    sampler, steps, guidance = (settings.get(k, default_of(Generator.sample, k)) for k in ("sampler", "steps", "guidance"))
-    save_figure(captioned_grid(images, captions, title=title or f"{sampler}, {steps} steps, guidance {guidance:g}"), path)
+    used = Generator.settings(**settings)
+    title = title or f"{used['sampler']}, {used['steps']} steps, guidance {used['guidance']:g}"
+    save_figure(captioned_grid(images, captions, title=title), path)
     return images
 
 
@@ -89,17 +89,22 @@ def load_training_data(args, image_size: int) -> CaptionedImages:
     return dataset
 
 
+def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
+    """The model --preset, --image-size, --attention-at and --prediction ask for, reading `tokenizer`'s words."""
+    overrides = {"attention_resolutions": tuple(args.attention_at)} if args.attention_at else {}
+    config = preset(args.preset, tokenizer.vocab_size, image_size=args.image_size, max_length=tokenizer.max_length,
+                    **overrides)
+    return dataclasses.replace(config, prediction=args.prediction)
+
+
 def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
-    """The run saved in --out (with --resume), or a new model of --preset for this dataset's captions."""
+    """The run saved in --out (with --resume), or a new model for this dataset's captions."""
     if args.resume:
         state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
         print(f"resuming {Path(args.out) / 'checkpoint.npz'} at step {state.step} of {config.steps}")
         return state
     tokenizer = Tokenizer.from_captions(dataset.all_captions())
-    overrides = {"attention_resolutions": tuple(args.attention_at)} if args.attention_at else {}
-    model_config = preset(args.preset, tokenizer.vocab_size, image_size=dataset.image_size,
-                          max_length=tokenizer.max_length, **overrides)
-    return new_train_state(dataclasses.replace(model_config, prediction=args.prediction), tokenizer, config)
+    return new_train_state(model_config(args, tokenizer), tokenizer, config)
 
 
 def describe_model(state: TrainState, preset_name: str) -> str:
@@ -141,9 +146,9 @@ def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, 
 
 def run_training(args, preferred_captions=DEMO_CAPTIONS) -> TrainState:
     """Train as `minidiff train` does; returns the final TrainState."""
-    config = train_config(args)  # checked before anything slow happens
-    if args.multi_host:
-        initialize_distributed()
+    config = train_config(args)  # the settings are checked before anything slow happens
+    if not args.resume:
+        model_config(args, Tokenizer(SPECIAL_TOKENS))  # the model's too (its words are not known yet)
     dataset = load_training_data(args, image_size_to_train(args))
     config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
     state = new_or_resumed_state(args, dataset, config)
@@ -173,13 +178,13 @@ def cmd_train(args):
 
 def cmd_demo(args):
     start = time.perf_counter()
-    # The grid's settings are checked before minutes of training, not after.
-    check_settings(default_of(Generator.sample, "sampler"), default_of(Generator.sample, "steps"), args.guidance)
+    settings = sampling_settings(args)
+    Generator.settings(**settings)  # checked before minutes of training, not after
     state = run_training(args)
     out = Path(args.out)
     save_loss_curve(state.losses, out / "loss.png")
     grid = out / "demo.png"
-    draw_grid(Generator.from_training(state), DEMO_CAPTIONS, grid, per_caption=6, guidance=args.guidance)
+    draw_grid(Generator.from_training(state), DEMO_CAPTIONS, grid, **settings)
     print(f"\nwrote {grid.resolve()}\n  (and {out / 'loss.png'}, {out / 'checkpoint.npz'})")
     print(f"demo took {time.perf_counter() - start:.0f} s; draw more with\n"
           f"  minidiff sample --checkpoint {out / 'checkpoint.npz'} --caption \"a pink flower with a brown centre\"")
@@ -187,18 +192,21 @@ def cmd_demo(args):
 
 def cmd_sample(args):
     generator = load(args.checkpoint, use_ema=not args.no_ema)
-    draw_grid(generator, args.caption, args.out, per_caption=args.per_caption, sampler=args.sampler, steps=args.steps,
-              guidance=args.guidance, eta=args.eta, x0_clipping=args.x0_clipping, seed=args.seed)
+    draw_grid(generator, args.caption, args.out, per_caption=args.per_caption, **sampling_settings(args))
     print(f"wrote {args.out}")
 
 
 def cmd_adherence(args):
     generator = load(args.checkpoint)
+    settings = sampling_settings(args)
+    seed = settings.pop("seed")
+    for guidance in args.guidance:
+        Generator.settings(**settings, guidance=guidance)  # every scale checked before the first is drawn
     results = {}
     for split in ("test", "held_out"):
         for guidance in args.guidance:
-            scores = measure_pixel_adherence(generator, split=split, num_images=args.num_images, guidance=guidance,
-                                             steps=args.steps, seed=args.seed)
+            scores = measure_pixel_adherence(generator, split=split, num_images=args.num_images, seed=seed,
+                                             guidance=guidance, **settings)
             results[f"{split}/guidance={guidance:g}"] = scores
             print(f"{split:9s} guidance {guidance:<4g} " + "  ".join(f"{k} {v:.0%}" for k, v in scores.items()))
     if args.out:
@@ -210,19 +218,20 @@ def cmd_evaluate(args):
     generator = load(args.checkpoint)
     size = generator.image_shape[0]
     reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
+    settings = Generator.settings(**sampling_settings(args))  # checked before a judge is trained
     judge = judge_for(args.checkpoint, args.dataset, size, path=args.judge, data_dir=args.data_dir,
-                      steps=args.judge_steps, progress=not args.quiet)
+                      progress=not args.quiet, steps=args.judge_steps)
     inception = load_fid_inception(args.inception) if args.inception else None
-    metrics, images = evaluate(generator, reference, judge, num_samples=args.num_samples, sampler=args.sampler,
-                               steps=args.steps, guidance=args.guidance, seed=args.seed, inception=inception,
-                               progress=not args.quiet)
+    metrics, images = evaluate(generator, reference, judge, num_samples=args.num_samples, inception=inception,
+                               progress=not args.quiet, **settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     shown = min(8, len(images))
     captions = [options[0] for options in reference.captions[:shown]]
     pairs = np.stack([images[:shown], reference.images[:shown]], axis=1).reshape(-1, *images.shape[1:])
-    title = f"{args.sampler}, {args.steps} steps, guidance {args.guidance:g} (left: generated, right: real)"
+    title = (f"{settings['sampler']}, {settings['steps']} steps, guidance {settings['guidance']:g} "
+             "(left: generated, right: real)")
     save_figure(captioned_grid(pairs, captions, title=title), out / "samples.png")
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print("judge adherence: " + "  ".join(f"{k} {v:.0%}" for k, v in metrics["judge_adherence"].items()))
@@ -263,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "laptop CPU), then write a grid of images generated from captions, some of them "
                                "attribute pairs never seen in training.")
     add_training_options(demo, steps=DEMO_STEPS, out="runs/demo", sample_every=0)
-    parameter_option(demo, Generator.sample, "guidance", "classifier-free guidance scale", default=DEMO_GUIDANCE)
+    add_sampling_options(demo, ["guidance"], guidance=DEMO_GUIDANCE)
     demo.set_defaults(run=cmd_demo)
 
     train_command = commands.add_parser("train", help="train a caption-conditioned model",
@@ -277,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
     smp.add_argument("--caption", action="append", required=True, help="a caption; repeat for several rows")
     add_sampling_options(smp)
-    smp.add_argument("--per-caption", type=at_least(1), default=6, help="images per caption (default: %(default)s)")
+    parameter_option(smp, draw_grid, "per_caption", "images per caption", type=at_least(1))
     smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their moving average")
     smp.add_argument("--out", default="samples.png", help="PNG to write (default: %(default)s)")
     smp.set_defaults(run=cmd_sample)
@@ -287,12 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "and measure, per attribute, the fraction whose drawn colours match the caption (the "
                               "pixel judge).")
     adh.add_argument("--checkpoint", required=True, help="a checkpoint trained on the embedded dataset")
-    adh.add_argument("--num-images", type=at_least(1), default=128,
-                     help="images per split and guidance scale (default: %(default)s)")
+    parameter_option(adh, measure_pixel_adherence, "num_images", "images per split and guidance scale",
+                     type=at_least(1))
     adh.add_argument("--guidance", type=float, nargs="+", default=[1.0, DEMO_GUIDANCE],
-                     help="guidance scales (default: 1 and the demo's 5)")
-    parameter_option(adh, Generator.sample, "steps", "DDIM steps", type=at_least(1))
-    parameter_option(adh, Generator.sample, "seed", "seed")
+                     help=f"guidance scales (default: 1 and the demo's {DEMO_GUIDANCE:g})")
+    add_sampling_options(adh, [name for name in SAMPLING_SETTINGS if name != "guidance"])
     adh.add_argument("--out", help="also write the scores to this JSON file")
     adh.set_defaults(run=cmd_adherence)
 
@@ -305,11 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default="toy", choices=[d for d in DATASETS if d != "folder"],
                     help="the dataset the model was trained on; its held-out captions are used (default: %(default)s)")
     ev.add_argument("--data-dir", help="where flowers or birds are on disk (default: $MINIDIFF_DATA_DIR, then ./data)")
-    ev.add_argument("--num-samples", type=at_least(2), default=256,
-                    help="images to generate; compare figures only at equal N (default: %(default)s)")
-    add_sampling_options(ev, eta=False)
+    parameter_option(ev, evaluate, "num_samples", "images to generate; compare figures only at equal N",
+                     type=at_least(2))
+    add_sampling_options(ev)
     ev.add_argument("--judge", help="a judge file (judge-*.npz); default: the one beside the checkpoint, trained if missing")
-    parameter_option(ev, judge_for, "steps", "training steps of a new judge", flag="--judge-steps",
+    parameter_option(ev, train_judge, "steps", "training steps of a new judge", flag="--judge-steps",
                      dest="judge_steps", type=at_least(1))
     ev.add_argument("--inception", help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz)")
     ev.add_argument("--out", default="runs/evaluation", help="folder for metrics.json and samples.png (default: %(default)s)")
@@ -320,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train-step and sampling images/s, compile time, FLOP/s, MFU (where the "
                                 "device's peak is known) and peak memory, per preset and image size.")
     bench.add_argument("--preset", nargs="+", default=["small"], choices=PRESETS, help="presets to time (default: small)")
-    bench.add_argument("--image-size", type=at_least(1), nargs="+", default=[32], help="image sizes (default: 32)")
+    parameter_option(bench, preset, "image_size", "image sizes", type=at_least(1), nargs="+",
+                     default=[default_of(preset, "image_size")])
     bench.add_argument("--batch-size", type=at_least(1), default=32, help="images per step (default: %(default)s)")
     parameter_option(bench, benchmark, "steps", "timed train steps after the compiling one", type=at_least(1))
     field_option(bench, TrainConfig, "precision", "float32, or bfloat16 mixed precision", choices=PRECISIONS)
@@ -334,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "multi_host", False):
+        initialize_distributed()  # before anything starts JAX's devices, as jax.distributed requires
     one_device_per_cpu_core()  # before JAX starts: on a CPU, training then uses every core
     enable_compilation_cache()
     try:

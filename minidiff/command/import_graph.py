@@ -41,10 +41,14 @@ def modules() -> dict[str, Path]:
 
 
 def room(module: str) -> str:
+    """The room a module is in: "package" for the package's own `__init__` (the front door, which may
+    reach any room: it looks `minidiff.load` up when first used), None for a module in no room."""
     top = module.split(".")[0]
+    if module == "":
+        return "package"
     if top in STAGES + SHARED_BY_STAGES:
         return "stages"
-    return top if top in ROOMS else "package"  # "" is the package's own __init__
+    return top if top in ROOMS else None
 
 
 def imports_of(path: Path, known) -> set[str]:
@@ -74,18 +78,22 @@ def broken_rules(edges: dict[str, set[str]] | None = None) -> list[str]:
     """Every way the library (or the import graph `edges`) breaks the house rules, one sentence
     each; none, an empty list."""
     edges = graph() if edges is None else edges
-    problems = []
+    problems = [f"{module} is in no room: give it one (ROOMS here, and the README's table)"
+                for module in sorted(edges) if room(module) is None]
     for module, imported in sorted(edges.items()):
         place = room(module)
         for other in sorted(imported):
             there = room(other)
-            if place == "package" or other == "":
+            if place in ("package", None) or there is None:
+                continue
+            if other == "":
+                problems.append(f"{module} imports the package minidiff itself, which imports the rooms after it")
                 continue
             if place == "stages" and there == "stages":
                 allowed = SHARED_BY_STAGES + (STAGES[: STAGES.index(module)] if module in STAGES else ())
                 if other not in allowed:
                     problems.append(f"stage {module} imports {other}, which is not an earlier stage")
-            elif there == "package" or ROOMS.index(there) > ROOMS.index(place):
+            elif ROOMS.index(there) > ROOMS.index(place):
                 problems.append(f"{module} ({place}) imports {other} ({there}), a room after its own")
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(edges)]
     return problems + long_files()
@@ -121,8 +129,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> int:
-    for module, imported in sorted(graph().items(), key=lambda item: (ROOMS + ("package",)).index(room(item[0]))):
-        print(f"{room(module):10s} {module or 'minidiff':28s} <- {', '.join(sorted(imported)) or '-'}")
+    order = ROOMS + ("package", None)
+    for module, imported in sorted(graph().items(), key=lambda item: order.index(room(item[0]))):
+        print(f"{room(module) or '(none)':10s} {module or 'minidiff':28s} <- {', '.join(sorted(imported)) or '-'}")
     problems = broken_rules()
     print("\n" + ("\n".join(problems) if problems else "every rule holds: rooms import only earlier rooms, stages only "
                   f"earlier stages; no cycles; no file over {MAX_LINES} lines"))

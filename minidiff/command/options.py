@@ -7,8 +7,9 @@ that sets a function's parameter takes its default from the function
 (`sampling.SAMPLERS`). Nothing is copied, so nothing can drift. The configs
 check their own values when they are built (`TrainConfig.__post_init__`,
 `sampling.check_settings`): the command builds them before any long work, so a
-bad value stops it at once with what is wrong. Options that only the command
-has (how many images per caption) are checked here, by their argparse type.
+bad value stops it at once with what is wrong. Whole numbers that no config
+checks (how many images per caption) are checked by their argparse type,
+`at_least`.
 """
 
 import argparse
@@ -17,8 +18,10 @@ import inspect
 
 from minidiff.corruption import PREDICTIONS
 from minidiff.datasets import DATASETS, load_dataset
-from minidiff.generator import Generator
-from minidiff.model import PRESETS, ModelConfig, preset
+from minidiff.datasets.splits import SPLITS as REAL_SPLITS
+from minidiff.datasets.toy import SPLITS as TOY_SPLITS
+from minidiff.generator import SAMPLING_SETTINGS, Generator
+from minidiff.model import PRESETS, UNET_PRESETS, ModelConfig, preset
 from minidiff.sampling import SAMPLERS, X0_CLIPPINGS
 from minidiff.training import PRECISIONS, TrainConfig
 
@@ -77,9 +80,8 @@ def add_training_options(p, steps: int, out: str, sample_every: int):
                       "birds = CUB-200-2011, folder = your images with captions)")
     data.add_argument("--data-dir", help="where flowers or birds are on disk (or the folder for 'folder'); "
                       "default: $MINIDIFF_DATA_DIR, then ./data")
-    data.add_argument("--split", default="train", help="which images to train on: train, val, test, eval, "
-                      "train_classes, test_classes or all for flowers and birds; train, test or held_out for the "
-                      "embedded set (default: %(default)s)")
+    parameter_option(data, load_dataset, "split", "which images to train on: one of "
+                     f"{', '.join(REAL_SPLITS)} for flowers and birds; one of {', '.join(TOY_SPLITS)} for the embedded set")
     data.add_argument("--download", action="store_true",
                       help="let tensorflow-datasets download flowers or birds if no local copy is found")
     data.add_argument("--no-cache", action="store_true",
@@ -94,7 +96,9 @@ def add_training_options(p, steps: int, out: str, sample_every: int):
                        help="model size: tiny (tests), small (CPU), base (GPU) (default: %(default)s)")
     model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE",
                        help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
-                       "get self- and cross-attention, e.g. 8 4 (default: the preset's: 4 for tiny and small)")
+                       "get self- and cross-attention, e.g. 8 4 (default: the preset's: "
+                       + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
+                                   for name, unet in UNET_PRESETS.items()) + ")")
     field_option(model, ModelConfig, "prediction", "what the network predicts", choices=PREDICTIONS)
 
     training = p.add_argument_group("training")
@@ -118,15 +122,27 @@ def add_training_options(p, steps: int, out: str, sample_every: int):
     training.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def add_sampling_options(p, *, guidance: float | None = None, eta: bool = True):
-    """--sampler, --steps, --guidance (and --eta, --x0-clipping), from `Generator.sample`; and --seed."""
-    parameter_option(p, Generator.sample, "sampler", "update rule", type=str, choices=SAMPLERS)
-    parameter_option(p, Generator.sample, "steps", "denoising steps (Heun makes 2 network calls per step)",
-                     type=at_least(1))
-    parameter_option(p, Generator.sample, "guidance", "classifier-free guidance: 1 = none, 0 = ignore the caption",
-                     **({"default": guidance} if guidance is not None else {}))
-    if eta:
-        parameter_option(p, Generator.sample, "eta", "DDIM noise: 0 = deterministic, 1 = like DDPM")
-        parameter_option(p, Generator.sample, "x0_clipping", "what is done to each x0 prediction: static = clip "
-                         "to the image range [-1, 1], none = nothing", type=str, choices=X0_CLIPPINGS)
-    parameter_option(p, Generator.sample, "seed", "noise seed")
+# The SAMPLING_SETTINGS of `Generator.sample`, as options: (help, how argparse reads it).
+SAMPLING_OPTIONS = {
+    "sampler": ("update rule", dict(type=str, choices=SAMPLERS)),
+    "steps": ("denoising steps (Heun makes 2 network calls per step)", dict(type=at_least(1))),
+    "guidance": ("classifier-free guidance: 1 = none, 0 = ignore the caption", {}),
+    "eta": ("DDIM noise: 0 = deterministic, 1 = like DDPM", {}),
+    "x0_clipping": ("what is done to each x0 prediction: static = clip to the image range [-1, 1], none = nothing",
+                    dict(type=str, choices=X0_CLIPPINGS)),
+    "seed": ("noise seed", {}),
+}
+
+
+def add_sampling_options(p, names=SAMPLING_SETTINGS, **defaults):
+    """--sampler, --steps, --guidance, ... for the settings `names` of `Generator.sample` (defaults from it,
+    unless given here)."""
+    for name in names:
+        help, reading = SAMPLING_OPTIONS[name]
+        overrides = reading | ({"default": defaults[name]} if name in defaults else {})
+        parameter_option(p, Generator.sample, name, help, **overrides)
+
+
+def sampling_settings(args) -> dict:
+    """The `Generator.sample` settings the options asked for."""
+    return {name: getattr(args, name) for name in SAMPLING_SETTINGS if hasattr(args, name)}

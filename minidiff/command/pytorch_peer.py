@@ -14,8 +14,8 @@ layouts; the tests check that both then compute the same output. The caption
 encoder is PyTorch's own pre-norm `nn.TransformerEncoder` of the same size
 (its attention projections carry biases, a few hundred parameters more).
 
-The peer trains with the same loss (v-prediction, SNR weighting clipped to [1, 5], caption
-dropout), AdamW with gradient clipping, and an EMA of its weights.
+The peer trains as minidiff does, from the same `TrainConfig`: v-prediction with minidiff's loss
+weighting, caption dropout, AdamW with gradient clipping, and an EMA of its weights.
 """
 
 import statistics
@@ -28,10 +28,10 @@ from diffusers import UNet2DConditionModel
 from flax import nnx
 
 from minidiff.captions import PAD
-from minidiff.corruption import to_model_range
+from minidiff.corruption import network_time, snr, to_model_range
 from minidiff.denoiser import UNetConfig
 from minidiff.model import ModelConfig
-from minidiff.training import TrainConfig
+from minidiff.training import TrainConfig, loss_weight
 
 
 def diffusers_unet(c: UNetConfig) -> UNet2DConditionModel:
@@ -175,8 +175,11 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
     """Train images/s (median over `steps` after two warm-up steps) and DDIM-20 guided sampling images/s.
 
     `images_uint8` is (B, H, W, C) as minidiff takes them; the batch is the same, and so are the
-    noise schedule, caption dropout, loss weighting, weight decay, EMA and precision of `train_config`.
+    noise schedule, the time the network is told, caption dropout, loss weighting, gradient clipping,
+    weight decay, EMA and precision of `train_config`. The peer predicts v, as minidiff's presets do.
     """
+    if config.prediction != "v":
+        raise ValueError(f"the PyTorch peer predicts v; this model predicts {config.prediction}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_config.precision == "bfloat16")
     torch.manual_seed(0)
@@ -184,9 +187,15 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
     ema = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
                                   weight_decay=train_config.weight_decay)
-    alpha_bar = torch.tensor(np.array(train_config.noise_schedule().alpha_bar), device=device)
+    # Per training step t: alpha_bar, the network time as diffusers' timestep embedding reads it (minidiff's
+    # U-Net scales its time by 1000 the same way), and the loss weight.
+    schedule = train_config.noise_schedule()
+    steps_of_schedule = np.arange(schedule.num_steps)
+    alpha_bar = torch.tensor(np.array(schedule.alpha_bar), device=device)
+    timesteps = torch.tensor(1000 * np.asarray(network_time(steps_of_schedule, schedule.num_steps)), device=device)
+    weights = torch.tensor(np.asarray(loss_weight(train_config.loss_weighting, "v", snr(schedule.alpha_bar),
+                                                  train_config.min_snr_gamma)), device=device)
     x0 = torch.tensor(to_model_range(np.array(images_uint8)), device=device).permute(0, 3, 1, 2)
-    caption_dropout, snr_gamma, ema_decay = train_config.caption_dropout, train_config.min_snr_gamma, train_config.ema_decay
     ids = torch.tensor(np.array(token_ids), device=device, dtype=torch.long)
     empty = torch.tensor(np.array(empty_ids), device=device, dtype=torch.long)
     batch = x0.shape[0]
@@ -197,18 +206,16 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
         eps = torch.randn_like(x0)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         target = ab.sqrt() * eps - (1 - ab).sqrt() * x0  # v
-        dropped = torch.where(torch.rand(batch, 1, device=device) < caption_dropout, empty[None], ids)
+        dropped = torch.where(torch.rand(batch, 1, device=device) < train_config.caption_dropout, empty[None], ids)
         with autocast:
-            out = model(xt, t, dropped).float()
-        snr = ab.view(-1) / (1 - ab.view(-1))
-        weight = torch.clamp(snr, min=1.0, max=snr_gamma) / (snr + 1)  # minidiff's "clipped_snr", for v
-        loss = (weight * ((out - target) ** 2).mean((1, 2, 3))).mean()
+            out = model(xt, timesteps[t], dropped).float()
+        loss = (weights[t] * ((out - target) ** 2).mean((1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
         optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema, list(model.parameters()), 1 - ema_decay)
+            torch._foreach_lerp_(ema, list(model.parameters()), 1 - train_config.ema_decay)
 
     def synchronise():
         if device.type == "cuda":
@@ -224,7 +231,7 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
     result = {"peer_parameters": count_parameters(model), "peer_step_s": step_seconds,
               "peer_train_images_per_s": batch / step_seconds}
     if sampling:
-        sample = lambda: ddim_guided(model, alpha_bar, ids, empty, x0.shape, autocast)
+        sample = lambda: ddim_guided(model, alpha_bar, timesteps, ids, empty, x0.shape, autocast)
         sample()
         synchronise()
         start = time.perf_counter()
@@ -237,7 +244,8 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
 
 
 @torch.no_grad()
-def ddim_guided(model, alpha_bar, ids, empty, shape, autocast, num_steps: int = 20, guidance_scale: float = 3.0):
+def ddim_guided(model, alpha_bar, timesteps, ids, empty, shape, autocast, num_steps: int = 20,
+                guidance_scale: float = 3.0):
     """Deterministic DDIM with classifier-free guidance: the conditional and unconditional passes as one batch."""
     batch = shape[0]
     steps = torch.linspace(len(alpha_bar) - 1, 0, num_steps, device=ids.device).round().long()
@@ -245,7 +253,7 @@ def ddim_guided(model, alpha_bar, ids, empty, shape, autocast, num_steps: int = 
     x = torch.randn(shape, device=ids.device)
     for i, t in enumerate(steps):
         with autocast:
-            v_cond, v_uncond = model(torch.cat([x, x]), t.expand(2 * batch), both_ids).float().chunk(2)
+            v_cond, v_uncond = model(torch.cat([x, x]), timesteps[t].expand(2 * batch), both_ids).float().chunk(2)
         v = v_uncond + guidance_scale * (v_cond - v_uncond)
         ab = alpha_bar[t]
         x0 = ab.sqrt() * x - (1 - ab).sqrt() * v

@@ -60,10 +60,10 @@ def _finished_run_of(path: Path, tokenizer: Tokenizer, model_config: ModelConfig
     """Whether `path` holds a run of exactly this recipe, trained to its last step."""
     if not path.is_file():
         return False
-    header = Checkpoint(path).header
-    return (header.get("step") == config.steps and header.get("model_config") == model_config.to_dict()
-            and TrainConfig(**header.get("train_config", {})) == config
-            and Tokenizer.from_dict(header.get("tokenizer", {"vocabulary": [], "max_length": 0})) == tokenizer)
+    step, saved_model, saved_tokenizer, saved_config = Checkpoint(path).fields(
+        "step", "model_config", "tokenizer", "train_config", kind="training run")
+    return (step == config.steps and ModelConfig.from_dict(saved_model) == model_config
+            and Tokenizer.from_dict(saved_tokenizer) == tokenizer and TrainConfig(**saved_config) == config)
 
 
 def first_model() -> Generator:

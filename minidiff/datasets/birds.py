@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from minidiff.datasets.base import CaptionedImages, with_articles
-from minidiff.datasets.files import NO_USABLE_CAPTION, ImageRecord, Skipped, read_caption_file, read_dataset
+from minidiff.datasets.files import ImageRecord, Skipped, captions_for, read_dataset
 from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select, test_classes_from_file
 
 
@@ -154,15 +154,11 @@ def load_birds(root, split: str = "train", image_size: int = 64) -> CaptionedIma
     for k in select(split, labels, official, test_classes):
         image_id, label = int(ids[k]), int(labels[k])
         relative = images[image_id][0]
-        captions = None
-        if text_dir is not None:
-            captions = read_caption_file((text_dir / relative).with_suffix(".txt"), skipped)
-        if captions == ():
-            skipped.add(NO_USABLE_CAPTION, relative)
-            continue
+        text = (text_dir / relative).with_suffix(".txt") if text_dir is not None else None
+        values = per_image.get(image_id, {}) if per_image is not None else per_class[label]
+        captions = captions_for(relative, text, lambda: describe_bird(values, names[label]), skipped)
         if captions is None:
-            values = per_image.get(image_id, {}) if per_image is not None else per_class[label]
-            captions = describe_bird(values, names[label])
+            continue
         box = tuple(float(v) for v in boxes[image_id][:4]) if image_id in boxes else None
         if image_id not in boxes:
             skipped.add("no bounding box (centre crop used)", relative)

@@ -194,6 +194,17 @@ def read_caption_file(path, skipped: Skipped) -> tuple[str, ...] | None:
     return usable_captions(text.splitlines(), path, skipped)
 
 
+def captions_for(image, caption_file, made_up, skipped: Skipped) -> tuple[str, ...] | None:
+    """An image's captions: those of its caption file (if there is one to read), else the ones
+    `made_up()` makes from its class when the file is missing; None, counted, when the file holds no
+    caption with words (the loader then skips the image)."""
+    captions = read_caption_file(caption_file, skipped) if caption_file is not None else None
+    if captions == ():
+        skipped.add(NO_USABLE_CAPTION, image)
+        return None
+    return made_up() if captions is None else captions
+
+
 def read_dataset(name: str, records, image_size: int, class_names, skipped: Skipped):
     """Decode `records` into a CaptionedImages with a "class" label; report what was skipped."""
     images, kept = read_images(records, image_size, skipped, desc=f"reading {name}")

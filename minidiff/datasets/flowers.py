@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from minidiff.datasets.base import CaptionedImages, with_articles
-from minidiff.datasets.files import NO_USABLE_CAPTION, ImageRecord, Skipped, read_caption_file, read_dataset
+from minidiff.datasets.files import ImageRecord, Skipped, captions_for, read_dataset
 from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select, test_classes_from_file
 
 # Class names in label order (label 1 = "pink primrose"), for copies without cat_to_name.json.
@@ -117,13 +117,11 @@ def load_flowers(root, split: str = "train", image_size: int = 64) -> CaptionedI
         if image_id not in files:
             skipped.add("id in the metadata with no image file", f"image_{image_id:05d}.jpg")
             continue
-        captions = None
-        if text_dir.is_dir():
-            captions = read_caption_file(text_dir / f"class_{label + 1:05d}" / f"image_{image_id:05d}.txt", skipped)
-        if captions == ():
-            skipped.add(NO_USABLE_CAPTION, files[image_id][0])
-            continue
-        records.append(ImageRecord(files[image_id][0], captions or class_captions(names[label]), label))
+        path = files[image_id][0]
+        text = text_dir / f"class_{label + 1:05d}" / f"image_{image_id:05d}.txt" if text_dir.is_dir() else None
+        captions = captions_for(path, text, lambda: class_captions(names[label]), skipped)
+        if captions is not None:
+            records.append(ImageRecord(path, captions, label))
     return read_dataset(f"flowers-{split}", records, image_size, names, skipped)
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from minidiff.datasets.base import CaptionedImages
 from minidiff.datasets.birds import class_name, describe_bird
-from minidiff.datasets.files import NO_USABLE_CAPTION, Skipped, read_caption_file, square_image
+from minidiff.datasets.files import Skipped, captions_for, square_image
 from minidiff.datasets.flowers import class_captions
 from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select
 
@@ -68,6 +68,14 @@ def tfds_builder(name: str, data_dir=None, download: bool = False):
     return builder
 
 
+def _class_captions(name: str, label_name: str, example) -> tuple[str, ...]:
+    """Captions made from the class name, when no caption file is given."""
+    if name == "flowers":
+        return class_captions(label_name)
+    bird = example.get("label_name", label_name)  # caltech_birds2011 carries the name per example
+    return describe_bird({}, class_name(bird.decode() if isinstance(bird, bytes) else str(bird)))
+
+
 def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=None, download: bool = False,
               text_dir=None) -> CaptionedImages:
     """A split of flowers or birds from tensorflow-datasets, cropped and resized like the local copies.
@@ -92,17 +100,11 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
         example, label = examples[k], int(labels[k])
         file_name = example.get("file_name", example.get("image/filename", b""))
         file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
-        text = None
-        if text_dir is not None:
-            folder = f"class_{label + 1:05d}/" if name == "flowers" else ""
-            text = read_caption_file(f"{text_dir}/{folder}{file_name.rsplit('.', 1)[0]}.txt", skipped)
-        if text == ():
-            skipped.add(NO_USABLE_CAPTION, file_name)
-            continue
+        folder = f"class_{label + 1:05d}/" if name == "flowers" else ""
+        text_file = f"{text_dir}/{folder}{file_name.rsplit('.', 1)[0]}.txt" if text_dir is not None else None
+        text = captions_for(file_name, text_file, lambda: _class_captions(name, names[label], example), skipped)
         if text is None:
-            bird = example.get("label_name", names[label])  # caltech_birds2011 carries the name per example
-            bird = bird.decode() if isinstance(bird, bytes) else str(bird)
-            text = class_captions(names[label]) if name == "flowers" else describe_bird({}, class_name(bird))
+            continue
         pixels = np.asarray(example["image"])
         box = None
         if "bbox" in example:  # normalised (ymin, xmin, ymax, xmax) -> pixel (x, y, width, height)

@@ -7,7 +7,7 @@ petal count, size and background; a bird's body, wing and beak colours and the
 way it faces — and its captions are sentences composed from those attributes:
 "a small red flower with five petals and a yellow centre on a green background".
 The attributes are kept as labels, so we can later check whether a generated
-image shows what its caption asked for (see `minidiff.adherence`).
+image shows what its caption asked for (see `minidiff.evaluation.pixel_judge`).
 
 Some attribute pairs never appear in the training split (HELD_OUT): a model
 that draws "a blue flower with a yellow centre" correctly has composed two

@@ -31,8 +31,9 @@ from minidiff.sampling import function_evaluations
 
 def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=None, seed: int = 0,
                   split: str | None = None) -> CaptionedImages:
-    """Held-out images with their captions and labels: the embedded set's test split
-    (attribute pairs seen in training, new images) or flowers'/birds' eval split."""
+    """Held-out images with their captions and labels: the embedded set's test split (attribute pairs
+    seen in training; `split="held_out"`, pairs never seen), drawn from another seed than the
+    training images, or flowers' and birds' eval split."""
     if name in TOY:
         return toy_dataset(TOY[name], split=split or "test", num_images=num_images, image_size=image_size,
                            seed=seed + 1000)
@@ -43,10 +44,11 @@ def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=N
     return reference.subset(chosen)
 
 
-def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_dir=None, steps: int = 800,
-              progress: bool = True) -> Judge:
+def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_dir=None, progress: bool = True,
+              **training) -> Judge:
     """The judge of a generator's images: the one at `path` (which must exist), else the one kept
-    beside the generator's checkpoint, trained on the dataset's train split and saved there if missing."""
+    beside the generator's checkpoint, trained on the dataset's train split (`train_judge(**training)`)
+    and saved there if missing."""
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no judge at {path}; leave the judge path out to train one")
@@ -55,9 +57,9 @@ def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_di
     if path.is_file():
         print(f"judge: {path}")
         return load_judge(path)
-    training = load_dataset(dataset_name, "train", image_size=image_size, data_dir=data_dir)
-    print(f"training a judge on {len(training)} images of {training.name} (once; kept at {path})")
-    judge = train_judge(training, steps=steps, progress=progress)
+    training_set = load_dataset(dataset_name, "train", image_size=image_size, data_dir=data_dir)
+    print(f"training a judge on {len(training_set)} images of {training_set.name} (once; kept at {path})")
+    judge = train_judge(training_set, progress=progress, **training)
     save_judge(judge, path)
     return judge
 
@@ -105,26 +107,29 @@ def inception_metrics(inception, generated, real_images, batch_size: int = 50, r
 
 
 def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, num_samples: int = 256,
-             sampler: str = "ddim", steps: int = 50, guidance: float = 3.0, seed: int = 0, inception=None,
-             progress: bool = True) -> tuple[dict, np.ndarray]:
-    """Generate num_samples images from the first caption of each reference image; (metrics, uint8 images)."""
+             inception=None, progress: bool = True, **sampling) -> tuple[dict, np.ndarray]:
+    """Generate num_samples images from the first caption of each reference image; (metrics, uint8 images).
+
+    `sampling`: `Generator.sample`'s settings (sampler, steps, guidance, seed, ...)."""
     if num_samples > len(reference):
         raise ValueError(f"asked for {num_samples} samples but the reference set has only {len(reference)} images")
     if num_samples < 2:
         raise ValueError("need at least 2 samples to fit the statistics")
     captions = [options[0] for options in reference.captions[:num_samples]]
-    images = to_uint8(generator.sample(captions, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                                       truncate=True, progress=progress))
-    metrics = {"sampler": sampler, "steps": steps, "nfe": function_evaluations(sampler, steps),
-               "guidance": guidance, "num_samples": num_samples, "reference": reference.name}
+    images = to_uint8(generator.sample(captions, truncate=True, progress=progress, **sampling))
+    settings = Generator.settings(**sampling)
+    metrics = {"sampler": settings["sampler"], "steps": settings["steps"],
+               "nfe": function_evaluations(settings["sampler"], settings["steps"]), "guidance": settings["guidance"],
+               "num_samples": num_samples, "reference": reference.name}
     metrics |= judge_metrics(judge, images, reference)
     if inception is not None:
         metrics |= inception_metrics(inception, images, reference.images[:num_samples])
     return metrics, images
 
 
-def sampler_sweep(generator: Generator, reference: CaptionedImages, judge: Judge, settings, *,
-                  num_samples: int = 256, guidance: float = 3.0, seed: int = 0, progress: bool = True) -> list[dict]:
-    """`evaluate` for each (sampler, steps) in settings, with the same captions and seed: one row each."""
-    return [evaluate(generator, reference, judge, num_samples=num_samples, sampler=sampler, steps=steps,
-                     guidance=guidance, seed=seed, progress=progress)[0] for sampler, steps in settings]
+def sampler_sweep(generator: Generator, reference: CaptionedImages, judge: Judge, samplers, *,
+                  num_samples: int = 256, progress: bool = True, **sampling) -> list[dict]:
+    """`evaluate` for each (sampler, steps) in `samplers`, with the same captions and the other settings:
+    one row each."""
+    return [evaluate(generator, reference, judge, num_samples=num_samples, progress=progress, sampler=sampler,
+                     steps=steps, **sampling)[0] for sampler, steps in samplers]

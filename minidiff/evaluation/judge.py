@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
 from minidiff.corruption import to_model_range
 from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
@@ -105,10 +106,9 @@ def _train_step(model, optimizer, images_uint8, labels, key, noise_std):
     return loss
 
 
-def train_judge(dataset: CaptionedImages, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                     noise_std: float = 0.15, seed: int = 0, progress: bool = True, **config_overrides) -> Judge:
+def train_judge(dataset: CaptionedImages, steps: int = 800, batch_size: int = 64, learning_rate: float = 2e-3,
+                noise_std: float = 0.15, seed: int = 0, progress: bool = True, **config_overrides) -> Judge:
     """Train a judge on every label of `dataset` (its images and labels; captions are not used)."""
-    from tqdm.auto import tqdm
 
     config = JudgeConfig.for_dataset(dataset, **config_overrides)
     if not config.heads:
@@ -161,14 +161,17 @@ def label_agreement(predictions: dict[str, np.ndarray], labels: dict[str, np.nda
     return scores
 
 
+# The names a judge file keeps its config and arrays under (the file format judges were first saved in).
+_CONFIG_KEY, _ARRAYS = "classifier_config", "classifier"
+
+
 def save_judge(model: Judge, path) -> Path:
-    return save_checkpoint(path, {"judge_config": dataclasses.asdict(model.config)}, judge=model)
+    return save_checkpoint(path, {_CONFIG_KEY: dataclasses.asdict(model.config)}, **{_ARRAYS: model})
 
 
 def load_judge(path) -> Judge:
     checkpoint = Checkpoint(path)
-    (config,) = checkpoint.fields("judge_config", kind="judge")
-    config = JudgeConfig.from_dict(config)
-    model = initialised(Judge, config)
-    checkpoint.restore("judge", model)
+    (config,) = checkpoint.fields(_CONFIG_KEY, kind="judge")
+    model = initialised(Judge, JudgeConfig.from_dict(config))
+    checkpoint.restore(_ARRAYS, model)
     return model

@@ -20,7 +20,8 @@ beak colours, facing and background. Not measured: petal count and size.
 import numpy as np
 
 from minidiff.corruption import to_uint8
-from minidiff.datasets.toy import BIRD_ATTRIBUTES, COLOURS, FLOWER_ATTRIBUTES, KINDS, toy_dataset
+from minidiff.datasets.toy import BIRD_ATTRIBUTES, COLOURS, FLOWER_ATTRIBUTES, KINDS
+from minidiff.evaluation.evaluate import reference_set
 
 ALL_BACKGROUNDS = ("green", "gray", "sky blue", "sand")
 # Where the parts of a right-facing bird are, relative to the centre of mass of
@@ -153,13 +154,11 @@ def pixel_adherence(images, labels: dict[str, np.ndarray], label_names: dict[str
     return {k: float(np.mean(v)) for k, v in sorted(hits.items())}
 
 
-def measure_pixel_adherence(generator, split: str = "test", num_images: int = 128, *, guidance: float = 3.0,
-                            steps: int = 50, seed: int = 0) -> dict[str, float]:
-    """Generate an image (DDIM) for the first caption of `num_images` embedded-dataset images of
+def measure_pixel_adherence(generator, split: str = "test", num_images: int = 128, seed: int = 0,
+                            **sampling) -> dict[str, float]:
+    """Generate an image for the first caption of `num_images` held-out images of the embedded set's
     `split` ("test": attribute pairs seen in training; "held_out": pairs never seen) with a
-    `minidiff.generator.Generator`, and score them with `pixel_adherence`."""
-    image_size = generator.image_shape[0]
-    reference = toy_dataset(split=split, num_images=num_images, image_size=image_size, seed=seed + 1000)
-    images = generator.sample([c[0] for c in reference.captions], sampler="ddim", steps=steps, guidance=guidance,
-                              seed=seed)
+    `minidiff.generator.Generator` (`sampling`: its sampling settings), and score them with `pixel_adherence`."""
+    reference = reference_set("toy", generator.image_shape[0], num_images=num_images, seed=seed, split=split)
+    images = generator.sample([c[0] for c in reference.captions], seed=seed, **sampling)
     return pixel_adherence(to_uint8(images), reference.labels, reference.label_names)

@@ -67,6 +67,17 @@ def save_run(path, state) -> Path:
     return save_checkpoint(path, header, model=state.model, ema=state.ema, optimizer=state.optimizer)
 
 
+def restore_run(path, state):
+    """Load what `save_run` saved into `state`, a new TrainState built with the run's configs (in place);
+    returns it."""
+    checkpoint = Checkpoint(path)
+    step, losses = checkpoint.fields("step", "losses", kind="training run")
+    for name in ("model", "ema", "optimizer"):
+        checkpoint.restore(name, getattr(state, name))
+    state.step, state.losses = int(step), [tuple(x) for x in losses]
+    return state
+
+
 class Checkpoint:
     """An opened checkpoint: the header (a dict) and named arrays, read lazily."""
 
