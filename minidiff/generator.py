@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from minidiff.captions import Tokenizer
 from minidiff.corruption import NoiseSchedule
 from minidiff.machinery.checkpoints import Checkpoint
+from minidiff.machinery.initialisation import shapes_only
 from minidiff.machinery.sharding import gather_on_one_device, mesh_for_batch, replicate, shard_batch
-from minidiff.model import ModelConfig, TextToImage, create_model
+from minidiff.model import ModelConfig, TextToImage
 from minidiff.sampling import check_settings, sample
 from minidiff.training import TrainConfig, TrainState
 
@@ -125,6 +126,6 @@ def load(path, use_ema: bool = True) -> Generator:
     checkpoint = Checkpoint(path)
     model_config, tokenizer, train_config = checkpoint.fields("model_config", "tokenizer", "train_config",
                                                               kind="generator")
-    model = create_model(ModelConfig.from_dict(model_config))
+    model = shapes_only(TextToImage, ModelConfig.from_dict(model_config))
     checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
     return Generator(model, Tokenizer.from_dict(tokenizer), TrainConfig(**train_config).noise_schedule())

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from minidiff.corruption import to_model_range
 from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
 from minidiff.machinery.checkpoints import Checkpoint, save_checkpoint
-from minidiff.machinery.initialisation import initialised
+from minidiff.machinery.initialisation import initialised, shapes_only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +172,6 @@ def save_judge(model: Judge, path) -> Path:
 def load_judge(path) -> Judge:
     checkpoint = Checkpoint(path)
     (config,) = checkpoint.fields(_CONFIG_KEY, kind="judge")
-    model = initialised(Judge, JudgeConfig.from_dict(config))
+    model = shapes_only(Judge, JudgeConfig.from_dict(config))
     checkpoint.restore(_ARRAYS, model)
     return model

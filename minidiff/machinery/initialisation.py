@@ -26,3 +26,9 @@ def initialised(module_class, config, seed: int = 0):
 
     `config` must be hashable (the configs are frozen dataclasses)."""
     return _construction(module_class, config)(jax.random.key(seed))
+
+
+def shapes_only(module_class, config):
+    """`module_class(config, ...)` with every parameter a shape and no value, computing nothing:
+    the frame a checkpoint's arrays are loaded into (`Checkpoint.restore`)."""
+    return nnx.eval_shape(lambda: module_class(config, rngs=nnx.Rngs(0)))
