@@ -1,3 +1,4 @@
+import functools
 import inspect
 import json
 import os
@@ -91,6 +92,26 @@ def trained(tmp_path_factory):
             "--batch-size", "4", "--sample-every", "0", "--out", str(run), "--quiet", "--attention-at", "8", "4"]
     assert main(args) == 0
     return run
+
+
+def test_the_demo_trains_then_draws_its_grid(tmp_path, capsys, monkeypatch):
+    """The demo's --steps and --seed are its training's; its grid is drawn with the sampler's own
+    defaults and the demo's guidance."""
+    drawn = []
+    original = Generator.sample
+
+    @functools.wraps(original)  # the options read their defaults from its signature
+    def recording(self, captions, **settings):
+        drawn.append(settings)
+        return original(self, captions, **settings)
+
+    monkeypatch.setattr(Generator, "sample", recording)
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2",
+                 "--batch-size", "4", "--seed", "3", "--out", str(out), "--quiet"]) == 0
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "checkpoint.npz").is_file()
+    assert f"wrote {(out / 'demo.png').resolve()}" in capsys.readouterr().out
+    assert drawn == [{"guidance": DEMO_GUIDANCE}]
 
 
 def test_train_then_sample_and_evaluate(trained, tmp_path, capsys):

@@ -141,8 +141,9 @@ def add_sampling_options(p, names=SAMPLING_SETTINGS, **defaults):
         help, reading = SAMPLING_OPTIONS[name]
         overrides = reading | ({"default": defaults[name]} if name in defaults else {})
         parameter_option(p, Generator.sample, name, help, **overrides)
+    p.set_defaults(sampling_options=tuple(names))  # which options are sampling's: --steps may be training's
 
 
 def sampling_settings(args) -> dict:
-    """The `Generator.sample` settings the options asked for."""
-    return {name: getattr(args, name) for name in SAMPLING_SETTINGS if hasattr(args, name)}
+    """The `Generator.sample` settings the command's sampling options asked for."""
+    return {name: getattr(args, name) for name in args.sampling_options}
