@@ -80,12 +80,13 @@ def add_training_options(p, steps: int, out: str, sample_every: int):
                       "birds = CUB-200-2011, folder = your images with captions)")
     data.add_argument("--data-dir", help="where flowers or birds are on disk (or the folder for 'folder'); "
                       "default: $MINIDIFF_DATA_DIR, then ./data")
-    parameter_option(data, load_dataset, "split", "which images to train on: one of "
-                     f"{', '.join(REAL_SPLITS)} for flowers and birds; one of {', '.join(TOY_SPLITS)} for the embedded set")
+    parameter_option(data, load_dataset, "split", f"which images to train on: one of {', '.join(REAL_SPLITS)} "
+                     f"for flowers and birds; one of {', '.join(TOY_SPLITS)} for the embedded set")
     data.add_argument("--download", action="store_true",
                       help="let tensorflow-datasets download flowers or birds if no local copy is found")
     data.add_argument("--no-cache", action="store_true",
-                      help="decode the images again instead of using the cache ($MINIDIFF_CACHE_DIR or ~/.cache/minidiff)")
+                      help="decode the images again instead of using the cache "
+                      "($MINIDIFF_CACHE_DIR or ~/.cache/minidiff)")
     parameter_option(data, load_dataset, "num_images", "images to generate for the embedded dataset",
                      type=at_least(1))
     parameter_option(data, load_dataset, "seed", "seed of the embedded dataset", flag="--data-seed", dest="data_seed")

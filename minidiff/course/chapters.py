@@ -75,4 +75,5 @@ def first_model() -> Generator:
         print(f"the first model, as chapter 02 trained it: {path}")
         return load(path)
     print("chapter 02 has not run in this mode: training its model now")
-    return Generator.from_training(train(new_train_state(model_config, tokenizer, config), dataset, out_dir=FIRST_MODEL_RUN))
+    state = train(new_train_state(model_config, tokenizer, config), dataset, out_dir=FIRST_MODEL_RUN)
+    return Generator.from_training(state)

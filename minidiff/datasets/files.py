@@ -2,9 +2,9 @@
 
 Real datasets are untidy: a truncated JPEG, a grayscale or CMYK scan, a PNG
 with transparency, a caption file with a blank line or a line that is only
-"{}", an id in the metadata whose file is gone. Nothing here drops such a thing silently: every loader
-passes a `Skipped` tally along, and prints what it skipped, how many of each
-and an example of each, when it is done.
+"{}", an id in the metadata whose file is gone. Nothing here drops such a
+thing silently: every loader passes a `Skipped` tally along, and prints what
+it skipped, how many of each and an example of each, when it is done.
 """
 
 import collections
