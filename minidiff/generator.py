@@ -128,4 +128,4 @@ def load(path, use_ema: bool = True) -> Generator:
                                                               kind="generator")
     model = shapes_only(TextToImage, ModelConfig.from_dict(model_config))
     checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
-    return Generator(model, Tokenizer.from_dict(tokenizer), TrainConfig(**train_config).noise_schedule())
+    return Generator(model, Tokenizer.from_dict(tokenizer), TrainConfig.from_dict(train_config).noise_schedule())

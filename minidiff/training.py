@@ -7,23 +7,22 @@ One step (Ho et al. 2020, Algorithm 1, with a caption):
   x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps; regress the network
   output on eps (or x0, or v) with a squared error.
 
-The loop adds what a real run needs: AdamW with warm-up, an exponential moving
-average (EMA) of the weights for sampling, a progress bar, checkpoints and
-exact resume, a call-back where the caller draws sample grids, and a clear
-stop on a NaN loss. How a step runs fast (`machinery.compiled_step`) and how a
-checkpoint is written (`machinery.checkpoints`) live with the run's machinery.
+The loop adds what a real run needs: AdamW with warm-up and decay, an
+exponential moving average (EMA) of the weights for sampling, a length in steps
+or in minutes of training, a progress bar, checkpoints and exact resume, a
+call-back where the caller draws sample grids, and a clear stop on a NaN loss.
+How a step runs fast (`machinery.compiled_step`) and how a checkpoint is
+written (`machinery.checkpoints`) live with the run's machinery.
 """
 
 import dataclasses
 import math
 import time
-from functools import cache
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -35,6 +34,7 @@ from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, restore_
 from minidiff.machinery.compiled_step import CompiledStep
 from minidiff.machinery.sharding import check_batch_size, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage, create_model
+from minidiff.optimization import adamw, learning_rate_at
 
 LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
 PRECISIONS = ("float32", "bfloat16")
@@ -42,10 +42,11 @@ PRECISIONS = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 2000  # the run's length, unless it has a budget in minutes
+    minutes: float = 0.0  # a budget of training time (compiling and sample grids not counted); 0 = none, use steps
     batch_size: int = 64
     learning_rate: float = 1e-3
-    warmup_steps: int = 100
+    warmup: float = 0.05  # the fraction of the run over which the learning rate climbs from 0 (`learning_rate_at`)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -65,14 +66,16 @@ class TrainConfig:
         """Refuse settings that cannot train, saying which and why (the command line shows these)."""
         whole = lambda value: isinstance(value, (int, np.integer))  # noqa: E731
         for name, smallest in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("num_timesteps", 2),
-                               ("warmup_steps", 0), ("seed", 0), ("sample_every", 0), ("checkpoint_every", 0)):
+                               ("seed", 0), ("sample_every", 0), ("checkpoint_every", 0)):
             value = getattr(self, name)
             _require(whole(value) and value >= smallest, name, value, f"a whole number of at least {smallest}")
         for name in ("learning_rate", "grad_clip", "min_snr_gamma"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value > 0, name, value, "a positive number")
-        _require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
-                 "a number of at least 0")
+        for name in ("weight_decay", "minutes"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, name, value, "a number of at least 0")
+        _require(0 <= self.warmup < 1, "warmup", self.warmup, "a fraction of the run, at least 0 and below 1")
         for name in ("ema_decay", "caption_dropout"):
             value = getattr(self, name)
             _require(0 <= value <= 1, name, value, "a number between 0 and 1")  # false for NaN too
@@ -84,6 +87,15 @@ class TrainConfig:
     def noise_schedule(self) -> NoiseSchedule:
         """The forward process this run trains on (and its samplers walk back)."""
         return make_schedule(self.schedule, self.num_timesteps)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """The config a checkpoint's header holds; headers written before runs had a budget in minutes
+        gave the warm-up in steps, and are read as the same fraction of the run."""
+        saved = dict(saved)
+        if "warmup_steps" in saved:
+            saved["warmup"] = min(saved.pop("warmup_steps") / saved["steps"], 0.9)
+        return cls(**saved)
 
 
 def _require(ok: bool, name: str, value, what: str) -> None:
@@ -167,15 +179,16 @@ def drop_captions(key, token_ids, empty_ids, probability: float):
     return jnp.where(drop, empty_ids[None, :], token_ids)
 
 
-def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, config: TrainConfig):
-    """One optimisation step; returns the loss. Updates model, optimizer and ema in place.
+def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, learning_rate,
+               config: TrainConfig):
+    """One optimisation step at `learning_rate`; returns the loss. Updates model, optimizer and ema in place.
 
     Plain Python: `train` runs it compiled, as a `machinery.compiled_step.CompiledStep`."""
     x0 = to_model_range(images_uint8)  # on the device
     drop_key, loss_key = jax.random.split(key)
     token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
     loss, grads = nnx.value_and_grad(diffusion_loss)(model, schedule, x0, token_ids, loss_key, config)
-    optimizer.update(model, grads)
+    optimizer.update(model, grads, learning_rate=learning_rate)
     # EMA with a warm-up: early on, average over fewer steps (as in Karras et al. 2022's EDM code).
     step = optimizer.step[...]
     decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
@@ -185,26 +198,9 @@ def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_i
     return loss
 
 
-@cache
-def adamw_transform(config: TrainConfig) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019) with linear warm-up, cosine decay and gradient clipping.
-
-    One object per configuration (hence the cache): the optimizer keeps it in
-    its static structure, so a run with a new but equal one would look like a
-    new program to the compiled step and be traced again."""
-    learning_rate = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
-        end_value=0.1 * config.learning_rate,
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(learning_rate, weight_decay=config.weight_decay),
-    )
-
-
 def make_optimizer(model: TextToImage, config: TrainConfig) -> nnx.Optimizer:
     """The optimizer of `model`'s parameters (its state: the Adam moments and the step count)."""
-    return nnx.Optimizer(model, adamw_transform(config), wrt=nnx.Param)
+    return nnx.Optimizer(model, adamw(config.weight_decay, config.grad_clip), wrt=nnx.Param)
 
 
 # --- The loop ----------------------------------------------------------------------
@@ -220,7 +216,15 @@ class TrainState:
     tokenizer: Tokenizer
     config: TrainConfig
     step: int = 0
+    trained_seconds: float = 0.0  # time spent training so far, compiling and sample grids not counted
     losses: list = dataclasses.field(default_factory=list)  # (step, loss) pairs
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the run done: of its steps, or of its budget in minutes."""
+        if self.config.minutes:
+            return min(1.0, self.trained_seconds / (60.0 * self.config.minutes))
+        return min(1.0, self.step / self.config.steps)
 
 
 def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: TrainConfig) -> TrainState:
@@ -232,16 +236,16 @@ def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: Tra
 
 
 def resume_train_state(path, config: TrainConfig | None = None) -> TrainState:
-    """Reopen a run from its checkpoint (`machinery.checkpoints.save_run`); `config` may extend `steps`,
-    nothing else."""
+    """Reopen a run from its checkpoint (`machinery.checkpoints.save_run`); `config` may change the run's
+    length (`steps`, `minutes`), nothing else. A run with a budget continues for the time it has left."""
     saved, model_config, tokenizer = Checkpoint(path).fields("train_config", "model_config", "tokenizer",
                                                               kind="training run")
-    saved = TrainConfig(**saved)
-    if config is not None and dataclasses.replace(config, steps=saved.steps) != saved:
+    saved = TrainConfig.from_dict(saved)
+    if config is not None and dataclasses.replace(config, steps=saved.steps, minutes=saved.minutes) != saved:
         changed = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
         raise CheckpointError(
             f"cannot resume {path} with different settings ({', '.join(changed)}); "
-            "only the number of steps may change"
+            "only the run's length (steps or minutes) may change"
         )
     state = new_train_state(ModelConfig.from_dict(model_config), Tokenizer.from_dict(tokenizer), config or saved)
     return restore_run(path, state)
@@ -274,16 +278,24 @@ def _checked_losses(pending, config: TrainConfig) -> list[tuple[int, float]]:
 
 
 def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=None, progress: bool = True,
-          mesh=None) -> TrainState:
-    """Train until `state.config.steps`, from wherever `state` is.
+          mesh=None, clock=time.perf_counter) -> TrainState:
+    """Train until the run's steps are done or its budget (`config.minutes`) spent, from wherever `state` is.
 
     With `out_dir`, writes out_dir/checkpoint.npz every checkpoint_every steps
     and at the end. `on_report(state)` is called every sample_every steps and
     at the end (the CLI saves sample grids and the loss curve there). With a
     `mesh` (`minidiff.machinery.sharding.data_mesh()`), each batch is split over
     its devices and the parameters replicated: data-parallel training.
+
+    The time trained is read off `clock` (seconds). Neither the first step of
+    each call, which compiles the program, nor `on_report` is counted. So a
+    run with a budget is not reproducible to the bit: how many steps it makes,
+    and at which learning rates, depend on the machine's speed.
     """
     config = state.config
+    if config.minutes and jax.process_count() > 1:
+        raise ValueError("a budget in minutes is read off each host's own clock, so hosts could stop after "
+                         "different steps; give a multi-host run its length in steps")
     if dataset.image_size != state.model.config.unet.image_size:
         raise ValueError(
             f"dataset images are {dataset.image_size}px but the model was built for "
@@ -303,25 +315,31 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
 
     step_on_device = compiled_train_step(state)
     pending = []  # (step, loss on the device), read back every log_every steps, not every step
-    bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="training", unit="step")
-    window_start, window_images = time.perf_counter(), 0
+    bar = _progress_bar(state, progress)
+    first_step, last_time = state.step, clock()
+    window_images, window_seconds = 0, 0.0
     try:
-        while state.step < config.steps:
+        while state.progress < 1.0:
             step = state.step
             index = batch_indices(len(dataset), config.batch_size, config.seed, step)
             choice = caption_choices(counts[index], config.seed, step)
             images = dataset.images[index]
             if config.horizontal_flip:
                 images = mirror_some(images, config.seed, step)
-            loss = step_on_device(
-                schedule, put_batch(images), put_batch(ids[index, choice]), empty_ids, jax.random.fold_in(base_key, step)
-            )
+            learning_rate = np.float32(learning_rate_at(state.progress, config.learning_rate, config.warmup))
+            loss = step_on_device(schedule, put_batch(images), put_batch(ids[index, choice]), empty_ids,
+                                  jax.random.fold_in(base_key, step), learning_rate)
+            if step == first_step:  # compiled (or loaded from the cache) and run: the clock starts now
+                loss.block_until_ready()
+                last_time = clock()
             state.step += 1
             pending.append((state.step, loss))
-            window_images += config.batch_size
-            bar.update(1)
+            now = clock()
+            state.trained_seconds += now - last_time
+            window_images, window_seconds = window_images + config.batch_size, window_seconds + now - last_time
+            last_time = now
 
-            done = state.step == config.steps
+            done = state.progress >= 1.0
             save = checkpoint_path is not None and (done or _every(state.step, config.checkpoint_every))
             report = on_report is not None and (done or _every(state.step, config.sample_every))
             if len(pending) >= config.log_every or save or report or done:
@@ -329,19 +347,34 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
                 values = _checked_losses(pending, config)
                 pending.clear()
                 state.losses.extend(values)
-                elapsed = time.perf_counter() - window_start
-                bar.set_postfix(loss=f"{np.mean([v for _, v in values]):.4f}", img_per_s=f"{window_images / elapsed:.0f}")
-                window_start, window_images = time.perf_counter(), 0
+                speed = window_images / window_seconds if window_seconds > 0 else float("nan")
+                _show(bar, state, loss=np.mean([v for _, v in values]), img_per_s=speed)
+                window_images, window_seconds = 0, 0.0
             if save or report:
                 step_on_device.sync()
             if save:
                 save_run(checkpoint_path, state)
             if report:
                 on_report(state)
+                last_time = clock()  # the report's time is not training's
     finally:  # however the loop ends (done, a NaN, Ctrl-C), the modules hold the latest arrays
         step_on_device.sync()
         bar.close()
     return state
+
+
+def _progress_bar(state: TrainState, progress: bool) -> tqdm:
+    """A bar in steps, or in seconds of the budget for a run with one."""
+    if state.config.minutes:
+        return tqdm(total=round(60 * state.config.minutes), initial=round(state.trained_seconds),
+                    disable=not progress, desc="training", bar_format="{l_bar}{bar}| {n}/{total} s{postfix}")
+    return tqdm(total=state.config.steps, initial=state.step, disable=not progress, desc="training", unit="step")
+
+
+def _show(bar: tqdm, state: TrainState, loss: float, img_per_s: float) -> None:
+    bar.update((round(state.trained_seconds) if state.config.minutes else state.step) - bar.n)
+    extra = {"step": state.step} if state.config.minutes else {}
+    bar.set_postfix(**extra, loss=f"{loss:.4f}", img_per_s=f"{img_per_s:.0f}")
 
 
 def _every(step: int, interval: int) -> bool:

@@ -22,7 +22,7 @@ from minidiff.training import TrainConfig  # noqa: E402
 @pytest.fixture(scope="session")
 def train_config():
     """One training configuration for every test that trains, so that its step compiles once."""
-    return TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup_steps=2, log_every=1, checkpoint_every=3,
+    return TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup=0.3, log_every=1, checkpoint_every=3,
                        sample_every=3)
 
 

@@ -2,6 +2,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 from minidiff.command.benchmark import benchmark
-from minidiff.command.cli import DEMO_GUIDANCE, DEMO_STEPS, build_parser, draw_grid, main
+from minidiff.command.cli import (DEMO_CAPTIONS, DEMO_GUIDANCE, DEMO_MINUTES, DEMO_RECIPE, build_parser, draw_grid,
+                                  main)
 from minidiff.command.options import TRAIN_OPTIONS
 from minidiff.corruption import PREDICTIONS
 from minidiff.datasets import DATASETS, load_dataset
@@ -51,7 +53,15 @@ def test_help_explains_every_command_and_option(capsys):
 def test_option_defaults_and_choices_are_the_libraries_own():
     """Every option that sets a config field or a function's parameter has that field's default (but
     for the few a command changes on purpose), and its choices are the module's own tuple."""
-    intended = {("demo", "steps"): DEMO_STEPS, ("train", "sample_every"): 500, ("demo", "sample_every"): 0}
+    intended = {("train", "sample_every"): 500, ("demo", "sample_every"): 0,
+                ("demo", "batch_size"): DEMO_RECIPE["batch_size"],
+                ("demo", "learning_rate"): DEMO_RECIPE["learning_rate"]}
+    # The demo trains for minutes, whatever the CPU; train for TrainConfig's steps.
+    assert subcommand("demo").get_default("default_length") == {"minutes": DEMO_MINUTES}
+    assert subcommand("train").get_default("default_length") == {"steps": TrainConfig.steps}
+    assert option("demo", "--preset").default == DEMO_RECIPE["preset"]
+    assert option("demo", "--attention-at").default == DEMO_RECIPE["attention_at"]
+    assert option("train", "--preset").default == "small"
     defaults = TrainConfig()
     for command in ("demo", "train"):
         for name in TRAIN_OPTIONS:
@@ -94,15 +104,16 @@ def trained(tmp_path_factory):
     return run
 
 
-def test_the_demo_trains_then_draws_its_grid(tmp_path, capsys, monkeypatch):
-    """The demo's --steps and --seed are its training's; its grid is drawn with the sampler's own
-    defaults and the demo's guidance."""
+def test_the_demo_trains_draws_its_grid_and_grades_itself(tmp_path, capsys, monkeypatch):
+    """The demo's --steps and --seed are its training's; its grid and the images it grades itself on
+    are drawn with the sampler's own defaults and the demo's guidance, and it prints one line per
+    attribute."""
     drawn = []
     original = Generator.sample
 
     @functools.wraps(original)  # the options read their defaults from its signature
     def recording(self, captions, **settings):
-        drawn.append(settings)
+        drawn.append((len(captions), settings))
         return original(self, captions, **settings)
 
     monkeypatch.setattr(Generator, "sample", recording)
@@ -110,8 +121,31 @@ def test_the_demo_trains_then_draws_its_grid(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2",
                  "--batch-size", "4", "--seed", "3", "--out", str(out), "--quiet"]) == 0
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "checkpoint.npz").is_file()
-    assert f"wrote {(out / 'demo.png').resolve()}" in capsys.readouterr().out
-    assert drawn == [{"guidance": DEMO_GUIDANCE}]
+    printed = capsys.readouterr().out
+    assert f"wrote {(out / 'demo.png').resolve()}" in printed
+    grid = len(DEMO_CAPTIONS) * defaults_of(draw_grid)["per_caption"]
+    assert drawn[0] == (grid, {"guidance": DEMO_GUIDANCE})
+    assert [(n, s["guidance"], s["batch_size"]) for n, s in drawn[1:]] == [(96, DEMO_GUIDANCE, grid)] * 2
+    lines = [line.strip() for line in printed.splitlines() if "match their caption" in line]
+    assert [line.split(":")[0] for line in lines] == ["petal colour", "centre colour", "flower background",
+                                                      "body colour", "wing colour", "beak colour", "bird facing",
+                                                      "bird background"]
+    assert re.fullmatch(r"petal colour: \d+ % of images match their caption, \d+ % for pairs never seen "
+                        r"\(chance 14 %\)", lines[0])
+    assert re.fullmatch(r"bird facing: \d+ % of images match their caption, \d+ % for pairs never seen \(chance 50 %\)",
+                        lines[6])
+
+
+def test_resume_without_a_length_keeps_the_runs_own(trained, tmp_path, capsys):
+    """--resume with neither --steps nor --minutes continues to the end of the run as it was set (here
+    2 steps, all done), not to the command's default length."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes((trained / "checkpoint.npz").read_bytes())
+    assert main(["train", "--resume", "--out", str(run), "--num-images", "32", "--batch-size", "4", "--sample-every", "0",
+                 "--quiet"]) == 0
+    assert "at step 2 of 2" in capsys.readouterr().out
+    assert Checkpoint(run / "checkpoint.npz").header["step"] == 2
 
 
 def test_train_then_sample_and_evaluate(trained, tmp_path, capsys):
@@ -146,8 +180,8 @@ def test_bad_sampling_input_is_a_clear_error_and_writes_nothing(trained, tmp_pat
 
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     run = tmp_path / "run"
-    base = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2", "--out", str(run),
-            "--quiet"]
+    common = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--out", str(run), "--quiet"]
+    base = [*common, "--steps", "2"]
     for extra, message in ((["--batch-size", "0"], "batch_size must be a whole number of at least 1, got 0"),
                            (["--learning-rate", "-1"], "learning_rate must be a positive number, got -1.0"),
                            (["--learning-rate", "nan"], "learning_rate must be a positive number"),
@@ -155,6 +189,13 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
         assert main([*base, *extra]) == 2, extra
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error, (extra, error)
+        assert not run.exists()
+    # A run lasts --steps or --minutes, not both; minutes are a positive number.
+    for command in ([*base, "--minutes", "1"], [*common, "--minutes", "0"], [*common, "--minutes", "nan"],
+                    [*common, "--minutes", "soon"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(command)
+        assert exit_.value.code == 2 and "error: argument --minutes" in capsys.readouterr().err, command
         assert not run.exists()
     # The demo checks its grid's guidance before minutes of training.
     assert main(["demo", "--guidance", "inf", "--out", str(run)]) == 2

@@ -1,7 +1,8 @@
 import numpy as np
 
 from minidiff.datasets import toy_dataset
-from minidiff.evaluation.pixel_judge import pixel_adherence, read_attributes
+from minidiff.datasets.toy import FLOWER_ATTRIBUTES
+from minidiff.evaluation.pixel_judge import adherence_lines, chance, pixel_adherence, read_attributes
 
 
 def test_the_judge_reads_the_dataset_own_images():
@@ -30,3 +31,15 @@ def test_grain_does_not_change_the_colours_the_judge_reads():
     scores = pixel_adherence(grainy, d.labels, d.label_names)
     colours = {k: v for k, v in scores.items() if k.endswith(("_colour", "background"))}
     assert min(colours.values()) >= 0.95, colours
+
+
+def test_adherence_lines_say_each_attribute_with_its_chance():
+    seen = {"birds/facing": 0.5, "birds/wing_colour": 0.3, "flowers/background": 1.0, "flowers/petal_colour": 0.84}
+    never_seen = {"birds/wing_colour": 0.25, "flowers/petal_colour": 1.0}
+    assert chance("flowers/petal_colour") == 1 / len(FLOWER_ATTRIBUTES["petal_colour"])
+    assert adherence_lines(seen, never_seen) == [
+        "petal colour: 84 % of images match their caption, 100 % for pairs never seen (chance 14 %)",
+        "flower background: 100 % of images match their caption (chance 33 %)",
+        "wing colour: 30 % of images match their caption, 25 % for pairs never seen (chance 17 %)",
+        "bird facing: 50 % of images match their caption (chance 50 %)",
+    ]

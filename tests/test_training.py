@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from minidiff.corruption import snr, to_model_range
-from minidiff.machinery.checkpoints import CheckpointError
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.training import (
     TrainConfig, TrainingDiverged, compiled_train_step, diffusion_loss, drop_captions, loss_weight, new_train_state,
     resume_train_state, train, train_step,
@@ -49,10 +49,10 @@ def test_compiled_step_on_arrays_equals_the_step_on_modules(dataset, tokenizer, 
     step_on_modules = nnx.jit(train_step, static_argnames="config")
     step_on_arrays = compiled_train_step(on_arrays)
     for i in range(2):
-        key = jax.random.key(i)
+        key, learning_rate = jax.random.key(i), np.float32(1e-3 * (i + 1))
         a = step_on_modules(on_modules.model, on_modules.optimizer, on_modules.ema, schedule, images, ids, empty, key,
-                            config=train_config)
-        b = step_on_arrays(schedule, images, ids, empty, key)
+                            learning_rate, config=train_config)
+        b = step_on_arrays(schedule, images, ids, empty, key, learning_rate)
         np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
     step_on_arrays.sync()
     assert int(on_arrays.optimizer.step[...]) == 2
@@ -68,7 +68,7 @@ def test_runs_with_equal_settings_share_one_compiled_step(tokenizer, model_confi
     program = lambda s: compiled_train_step(s).program  # noqa: E731
     assert program(a) is program(b)
     other = new_train_state(model_config, tokenizer, dataclasses.replace(train_config, learning_rate=1e-4))
-    assert program(other) is not program(a)  # a different schedule is a different program
+    assert program(other) is not program(a)  # different settings, a different program
 
 
 class Interrupted(Exception):
@@ -93,6 +93,61 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path, dataset, tokenizer,
         for a, b in zip(params_of(getattr(straight, name)), params_of(getattr(resumed, name))):
             np.testing.assert_array_equal(a, b)
     assert [round(l, 6) for _, l in resumed.losses] == [round(l, 6) for _, l in straight.losses]
+
+
+class FakeClock:
+    """Seconds that move on by one at each reading (a step takes 1 s), and by more when told to wait:
+    a run's time, without waiting for it."""
+
+    def __init__(self, compile_seconds: float = 0.0):
+        self.now, self.readings, self.compile_seconds = -1.0, 0, compile_seconds
+
+    def __call__(self) -> float:
+        self.readings += 1
+        if self.readings == 2:  # `train` reads the clock the second time once its first step has compiled
+            self.wait(self.compile_seconds)
+        self.now += 1.0
+        return self.now
+
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_budgeted_run_stops_at_its_budget(tmp_path, dataset, tokenizer, model_config, train_config):
+    """6 s of budget, one second a step: six steps, whatever `steps` says. Neither 100 s of compiling nor
+    50 s of each sample grid are counted."""
+    config = dataclasses.replace(train_config, minutes=0.1, steps=1000)
+    clock, seen = FakeClock(compile_seconds=100.0), []
+
+    def report(state):
+        seen.append((state.step, state.trained_seconds))
+        clock.wait(50.0)
+
+    state = train(new_train_state(model_config, tokenizer, config), dataset, tmp_path, progress=False, clock=clock,
+                  on_report=report)
+    assert state.step == 6 and state.trained_seconds == 6.0 and state.progress == 1.0
+    assert seen == [(3, 3.0), (6, 6.0)]  # sample_every 3 steps, and at the end
+    step, seconds = Checkpoint(tmp_path / "checkpoint.npz").fields("step", "trained_seconds", kind="training run")
+    assert (step, seconds) == (6, 6.0)
+
+
+def test_a_resumed_budgeted_run_trains_for_the_time_left(tmp_path, dataset, tokenizer, model_config, train_config):
+    config = dataclasses.replace(train_config, minutes=0.1)
+    train(new_train_state(model_config, tokenizer, config), dataset, tmp_path, progress=False, clock=FakeClock())
+    longer = dataclasses.replace(config, minutes=0.15)  # 3 s more
+    state = resume_train_state(tmp_path / "checkpoint.npz", longer)
+    assert (state.step, state.trained_seconds, state.progress) == (6, 6.0, 6.0 / 9.0)
+    state = train(state, dataset, tmp_path, progress=False, clock=FakeClock())
+    assert (state.step, state.trained_seconds) == (9, 9.0)
+    # With no time left, a resumed run trains no more.
+    assert train(resume_train_state(tmp_path / "checkpoint.npz", longer), dataset, tmp_path, progress=False).step == 9
+
+
+def test_checkpoints_from_before_budgets_still_load():
+    """Older headers gave the warm-up in steps: read as the same fraction of the run."""
+    saved = dataclasses.asdict(TrainConfig(steps=1500))
+    del saved["minutes"], saved["warmup"]
+    assert TrainConfig.from_dict(saved | {"warmup_steps": 150}) == TrainConfig(steps=1500, warmup=0.1)
 
 
 def test_resume_refuses_changed_settings(tmp_path, dataset, tokenizer, model_config, train_config):
@@ -162,6 +217,9 @@ def test_bfloat16_mixed_precision_keeps_float32_weights_and_matches_the_loss(dat
     ("learning_rate", -1.0, "learning_rate must be a positive number, got -1.0"),
     ("learning_rate", float("nan"), "learning_rate must be a positive number"),
     ("caption_dropout", 1.5, "caption_dropout must be a number between 0 and 1"),
+    ("minutes", -1.0, "minutes must be a number of at least 0"),
+    ("minutes", float("inf"), "minutes must be a number of at least 0"),
+    ("warmup", 1.0, "warmup must be a fraction of the run"),
     ("ema_decay", float("nan"), "ema_decay must be a number between 0 and 1"),
     ("precision", "float16", "precision must be one of"),
     ("schedule", "quadratic", "schedule must be one of"),

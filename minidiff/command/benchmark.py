@@ -121,7 +121,7 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
     f_s, f_flops = _median_seconds(lambda: forward(*loss_args), repeats), _flops(forward, *loss_args)
     g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
     step = compiled_train_step(state)
-    step_args = (schedule, images, ids, empty, key)
+    step_args = (schedule, images, ids, empty, key, np.float32(config.learning_rate))
     s_flops = _flops(step.program, step.arrays, *step_args)
     s_s = _median_seconds(lambda: step(*step_args), repeats)
     return {"forward": (f_s, f_flops), "backward": (g_s - f_s, g_flops - f_flops), "update": (s_s - g_s, s_flops - g_flops)}
@@ -135,12 +135,13 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     num_devices = mesh.size if mesh is not None else 1
     step = compiled_train_step(state)  # what `train` runs
     args = (schedule, images, ids, empty)
+    learning_rate = np.float32(state.config.learning_rate)
 
-    flops = _flops(step.program, step.arrays, *args, jax.random.key(0))
+    flops = _flops(step.program, step.arrays, *args, jax.random.key(0), learning_rate)
     start = time.perf_counter()
-    jax.block_until_ready(step(*args, jax.random.key(0)))
+    jax.block_until_ready(step(*args, jax.random.key(0), learning_rate))
     compile_seconds = time.perf_counter() - start
-    step_seconds = _median_seconds(lambda: step(*args, jax.random.key(1)), steps, warm_up=False)
+    step_seconds = _median_seconds(lambda: step(*args, jax.random.key(1), learning_rate), steps, warm_up=False)
     step.sync()
 
     device = jax.devices()[0]

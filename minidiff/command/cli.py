@@ -27,7 +27,7 @@ from minidiff.datasets import DATASETS, CaptionedImages, load_dataset
 from minidiff.evaluation.evaluate import evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
 from minidiff.evaluation.judge import train_judge
-from minidiff.evaluation.pixel_judge import measure_pixel_adherence
+from minidiff.evaluation.pixel_judge import adherence_lines, measure_pixel_adherence
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
 from minidiff.generator import SAMPLING_SETTINGS, Generator, load
 from minidiff.machinery.atomic import atomic_write
@@ -48,11 +48,17 @@ DEMO_CAPTIONS = (
     "a red bird with black wings",  # never seen together in training
     "a blue bird with white wings",  # never seen together in training
 )
-# Long enough for the model to draw the parts captions name (centres, wings), not only their main
-# colour, and a stronger guidance than usual, which a model trained for minutes follows its captions
-# more often with: the README's "How well it follows captions" has the measurements behind both.
-DEMO_STEPS = 1500
+# The demo trains for minutes, not steps, so that it ends in time on any CPU. Its recipe won a measured
+# race on that budget (`benchmarks/demo_race.py`; the README's "The demo" has the table): the tiny U-Net
+# makes several times the steps of the small one in the same minutes, and in a budget this short steps
+# matter more than width; batches of 32 buy more steps again; and attention in the blocks of its 8x8
+# level (at 32 px, the lowest; by default only its middle block attends) lets the caption colour a
+# flower's centre or a bird's wing, not only the whole object. Guidance stronger than usual, which a
+# briefly trained model follows its captions more often with.
+DEMO_MINUTES = 5.0
+DEMO_RECIPE = {"preset": "tiny", "attention_at": [8], "batch_size": 32, "learning_rate": 3e-3}
 DEMO_GUIDANCE = 5.0
+DEMO_GRADED_IMAGES = 96  # per split: images the demo draws to grade itself
 
 
 # --- Pictures ----------------------------------------------------------------------
@@ -101,7 +107,9 @@ def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) ->
     """The run saved in --out (with --resume), or a new model for this dataset's captions."""
     if args.resume:
         state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
-        print(f"resuming {Path(args.out) / 'checkpoint.npz'} at step {state.step} of {config.steps}")
+        length = f"{state.trained_seconds:.0f} s of {60 * config.minutes:.0f}" if config.minutes else \
+            f"step {state.step} of {config.steps}"
+        print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
         return state
     tokenizer = Tokenizer.from_captions(dataset.all_captions())
     return new_train_state(model_config(args, tokenizer), tokenizer, config)
@@ -144,9 +152,17 @@ def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, 
     return shown
 
 
+def saved_length(args) -> dict:
+    """The length (steps or minutes) of the run --resume continues."""
+    (config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("train_config", kind="training run")
+    config = TrainConfig.from_dict(config)
+    return {"minutes": config.minutes} if config.minutes else {"steps": config.steps, "minutes": 0.0}
+
+
 def run_training(args, preferred_captions=DEMO_CAPTIONS) -> TrainState:
     """Train as `minidiff train` does; returns the final TrainState."""
-    config = train_config(args)  # the settings are checked before anything slow happens
+    # The settings are checked before anything slow happens.
+    config = train_config(args, saved_length(args) if args.resume else args.default_length)
     if not args.resume:
         model_config(args, Tokenizer(SPECIAL_TOKENS))  # the model's too (its words are not known yet)
     dataset = load_training_data(args, image_size_to_train(args))
@@ -163,8 +179,11 @@ def run_training(args, preferred_captions=DEMO_CAPTIONS) -> TrainState:
 
     mesh = training_mesh(args.data_parallel or args.multi_host, config.batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    return train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
-                 progress=not args.quiet, mesh=mesh)
+    state = train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
+                  progress=not args.quiet, mesh=mesh)
+    print(f"trained {state.step} steps in {state.trained_seconds:.0f} s "
+          f"({state.step * config.batch_size / max(state.trained_seconds, 1e-9):.0f} images/s; compiling not counted)")
+    return state
 
 
 # --- Commands ------------------------------------------------------------------------
@@ -176,6 +195,17 @@ def cmd_train(args):
     print(f"wrote {Path(args.out) / 'checkpoint.npz'} and {Path(args.out) / 'loss.png'}")
 
 
+def grade_demo(generator: Generator, num_images: int = DEMO_GRADED_IMAGES, **settings) -> list[str]:
+    """How well the demo's model follows captions, as lines to print: the pixel judge on `num_images`
+    captions of the embedded set's test split (attribute pairs seen in training) and as many of its
+    held-out split (pairs never seen), drawn with the grid's settings (and its batch size, so the grid's
+    compiled sampler serves)."""
+    seen, never_seen = (measure_pixel_adherence(generator, split=split, num_images=num_images,
+                                                batch_size=len(DEMO_CAPTIONS) * default_of(draw_grid, "per_caption"),
+                                                **settings) for split in ("test", "held_out"))
+    return adherence_lines(seen, never_seen)
+
+
 def cmd_demo(args):
     start = time.perf_counter()
     settings = sampling_settings(args)
@@ -184,8 +214,14 @@ def cmd_demo(args):
     out = Path(args.out)
     save_loss_curve(state.losses, out / "loss.png")
     grid = out / "demo.png"
-    draw_grid(Generator.from_training(state), DEMO_CAPTIONS, grid, **settings)
+    generator = Generator.from_training(state)
+    draw_grid(generator, DEMO_CAPTIONS, grid, **settings)
     print(f"\nwrote {grid.resolve()}\n  (and {out / 'loss.png'}, {out / 'checkpoint.npz'})")
+    if args.dataset == "toy":  # the pixel judge reads the embedded set's drawings only
+        print(f"\nhow well it follows captions (the pixel judge, on {DEMO_GRADED_IMAGES} captions of attribute "
+              f"pairs seen in training and {DEMO_GRADED_IMAGES} of pairs never seen together):")
+        for line in grade_demo(generator, **settings):
+            print("  " + line)
     print(f"demo took {time.perf_counter() - start:.0f} s; draw more with\n"
           f"  minidiff sample --checkpoint {out / 'checkpoint.npz'} --caption \"a pink flower with a brown centre\"")
 
@@ -268,17 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train on the embedded dataset, then draw images for several captions",
-                               description="Train the small model on the embedded flowers and birds (minutes on a "
-                               "laptop CPU), then write a grid of images generated from captions, some of them "
-                               "attribute pairs never seen in training.")
-    add_training_options(demo, steps=DEMO_STEPS, out="runs/demo", sample_every=0)
+                               description=f"Train a model on the embedded flowers and birds for {DEMO_MINUTES:g} "
+                               "minutes, write a grid of images generated from captions, some of them attribute pairs "
+                               "never seen in training, then say how often its images show what their captions ask.")
+    add_training_options(demo, {"minutes": DEMO_MINUTES}, out="runs/demo", sample_every=0, recipe=DEMO_RECIPE)
     add_sampling_options(demo, ["guidance"], guidance=DEMO_GUIDANCE)
     demo.set_defaults(run=cmd_demo)
 
     train_command = commands.add_parser("train", help="train a caption-conditioned model",
                                         description="Train a model; writes OUT/checkpoint.npz, OUT/loss.png and "
                                         "sample grids.")
-    add_training_options(train_command, steps=TrainConfig.steps, out="runs/train", sample_every=500)
+    add_training_options(train_command, {"steps": TrainConfig.steps}, out="runs/train", sample_every=500)
     train_command.set_defaults(run=cmd_train)
 
     smp = commands.add_parser("sample", help="generate images from captions with a trained model",

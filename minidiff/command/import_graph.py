@@ -27,7 +27,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 STAGES = ("corruption", "denoiser", "captions", "sampling")
 SHARED_BY_STAGES = ("attention",)
-ROOMS = ("stages", "machinery", "model", "datasets", "training", "generator", "evaluation", "course", "command")
+ROOMS = ("stages", "machinery", "model", "datasets", "optimization", "training", "generator", "evaluation", "course", "command")
 MAX_LINES = 400
 
 

@@ -25,8 +25,9 @@ from minidiff.model import PRESETS, UNET_PRESETS, ModelConfig, preset
 from minidiff.sampling import SAMPLERS, X0_CLIPPINGS
 from minidiff.training import PRECISIONS, TrainConfig
 
-# The TrainConfig fields the command sets; the others keep their defaults.
-TRAIN_OPTIONS = ("steps", "batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision")
+# The TrainConfig fields the command sets; the others keep their defaults. The run's length (steps or
+# minutes) is set apart: see `run_length`.
+TRAIN_OPTIONS = ("batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision")
 
 
 def at_least(smallest: int):
@@ -42,6 +43,17 @@ def at_least(smallest: int):
         return value
 
     return whole_number
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
 
 
 def default_of(function, name: str):
@@ -67,13 +79,27 @@ def parameter_option(parser, function, name: str, help: str, flag: str | None = 
     parser.add_argument(flag or _flag(name), help=f"{help} (default: %(default)s)", **settings)
 
 
-def train_config(args) -> TrainConfig:
-    """The TrainConfig the options ask for (a ValueError that says what is wrong, if it cannot train)."""
-    return TrainConfig(**{name: getattr(args, name) for name in TRAIN_OPTIONS})
+def run_length(args, default: dict) -> dict:
+    """{"steps": N} or {"minutes": M}: what --steps or --minutes asks for, else `default`."""
+    if args.minutes is not None:
+        return {"minutes": args.minutes}
+    if args.steps is not None:
+        return {"steps": args.steps, "minutes": 0.0}
+    return default
 
 
-def add_training_options(p, steps: int, out: str, sample_every: int):
-    """The options of `train` and `demo` (which differ in their defaults for these three)."""
+def train_config(args, default_length: dict) -> TrainConfig:
+    """The TrainConfig the options ask for (a ValueError that says what is wrong, if it cannot train);
+    without --steps or --minutes, the run lasts `default_length` (see `run_length`)."""
+    return TrainConfig(**{name: getattr(args, name) for name in TRAIN_OPTIONS}, **run_length(args, default_length))
+
+
+def add_training_options(p, length: dict, out: str, sample_every: int, recipe: dict | None = None):
+    """The options of `train` and `demo`, which differ in their defaults for these: `length` is
+    {"steps": N} or {"minutes": M}; `recipe` may set the defaults of preset, attention_at, batch_size
+    and learning_rate."""
+    recipe = recipe or {}
+    given = lambda name: {"default": recipe[name]} if name in recipe else {}  # noqa: E731
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="toy", choices=DATASETS,
                       help="training data (default: %(default)s, the embedded flowers and birds; flowers = Oxford-102, "
@@ -93,19 +119,27 @@ def add_training_options(p, steps: int, out: str, sample_every: int):
 
     model = p.add_argument_group("model")
     parameter_option(model, preset, "image_size", "image side in pixels", type=at_least(1))
-    model.add_argument("--preset", default="small", choices=PRESETS,
-                       help="model size: tiny (tests), small (CPU), base (GPU) (default: %(default)s)")
-    model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE",
+    model.add_argument("--preset", default=recipe.get("preset", "small"), choices=PRESETS,
+                       help="model size: tiny (tests, the demo), small (CPU), base (GPU) (default: %(default)s)")
+    presets_own = "the preset's: " + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
+                                              for name, unet in UNET_PRESETS.items())
+    model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE", **given("attention_at"),
                        help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
-                       "get self- and cross-attention, e.g. 8 4 (default: the preset's: "
-                       + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
-                                   for name, unet in UNET_PRESETS.items()) + ")")
+                       "get self- and cross-attention, e.g. 8 4 (default: "
+                       + (" ".join(map(str, recipe["attention_at"])) if "attention_at" in recipe else presets_own) + ")")
     field_option(model, ModelConfig, "prediction", "what the network predicts", choices=PREDICTIONS)
 
     training = p.add_argument_group("training")
-    field_option(training, TrainConfig, "steps", "optimisation steps", default=steps)
-    field_option(training, TrainConfig, "batch_size", "images per step")
-    field_option(training, TrainConfig, "learning_rate", "peak AdamW learning rate")
+    default = f"{length['minutes']:g} minutes" if "minutes" in length else f"{length['steps']} steps"
+    either = training.add_mutually_exclusive_group()
+    either.add_argument("--steps", type=at_least(1), help=f"train for this many steps (default: {default})")
+    either.add_argument("--minutes", type=positive_number,
+                        help="train for this many minutes, however many steps they buy; the learning rate's warm-up "
+                        "and decay follow the time spent, and compiling and sample grids are not counted "
+                        f"(default: {default})")
+    p.set_defaults(default_length=length)
+    field_option(training, TrainConfig, "batch_size", "images per step", **given("batch_size"))
+    field_option(training, TrainConfig, "learning_rate", "peak AdamW learning rate", **given("learning_rate"))
     field_option(training, TrainConfig, "seed", "seed of initialisation, batches and noise")
     field_option(training, TrainConfig, "precision", "bfloat16: mixed precision (bf16 compute, float32 master "
                  "weights), for GPUs and TPUs", choices=PRECISIONS)
@@ -114,7 +148,8 @@ def add_training_options(p, steps: int, out: str, sample_every: int):
     field_option(training, TrainConfig, "checkpoint_every", "steps between checkpoints, 0 = only at the end")
     training.add_argument("--out", default=out,
                           help="output folder for checkpoint, loss curve and samples (default: %(default)s)")
-    training.add_argument("--resume", action="store_true", help="continue the run saved in --out (to --steps)")
+    training.add_argument("--resume", action="store_true", help="continue the run saved in --out: to --steps, for "
+                          "what is left of --minutes, or, with neither, to the end of the run as it was set")
     training.add_argument("--data-parallel", action="store_true", help="split each batch over every device (GPUs, "
                           "TPU cores, CPU cores) and stop if it does not split evenly; without it, each batch is split "
                           "over as many of this host's devices as it evenly can")

@@ -63,7 +63,7 @@ def _finished_run_of(path: Path, tokenizer: Tokenizer, model_config: ModelConfig
     step, saved_model, saved_tokenizer, saved_config = Checkpoint(path).fields(
         "step", "model_config", "tokenizer", "train_config", kind="training run")
     return (step == config.steps and ModelConfig.from_dict(saved_model) == model_config
-            and Tokenizer.from_dict(saved_tokenizer) == tokenizer and TrainConfig(**saved_config) == config)
+            and Tokenizer.from_dict(saved_tokenizer) == tokenizer and TrainConfig.from_dict(saved_config) == config)
 
 
 def first_model() -> Generator:

@@ -162,3 +162,31 @@ def measure_pixel_adherence(generator, split: str = "test", num_images: int = 12
     reference = reference_set("toy", generator.image_shape[0], num_images=num_images, seed=seed, split=split)
     images = generator.sample([c[0] for c in reference.captions], seed=seed, **sampling)
     return pixel_adherence(to_uint8(images), reference.labels, reference.label_names)
+
+
+def chance(attribute: str) -> float:
+    """How often a guess would match, for a key of `pixel_adherence` ("flowers/petal_colour"): one in the
+    number of values a caption can name."""
+    kind, name = attribute.split("/")
+    return 1.0 / len((FLOWER_ATTRIBUTES if kind == "flowers" else BIRD_ATTRIBUTES)[name])
+
+
+def adherence_lines(seen: dict[str, float], never_seen: dict[str, float]) -> list[str]:
+    """One line per attribute, from `pixel_adherence`'s scores on captions of attribute pairs seen in
+    training and of pairs never seen, flowers first, each kind's colours before the rest:
+    "petal colour: 84 % of images match their caption, 100 % for pairs never seen (chance 14 %)"."""
+    kinds = {"flowers": FLOWER_ATTRIBUTES, "birds": BIRD_ATTRIBUTES}
+    order = [f"{kind}/{name}" for kind, table in kinds.items()
+             for name in sorted(table, key=lambda name: "colour" not in name)]
+    lines = []
+    for attribute in sorted(seen, key=order.index):
+        kind, name = attribute.split("/")
+        label = name.replace("_", " ") if "colour" in name else f"{kind[:-1]} {name}"
+        never = f", {_percent(never_seen[attribute])} for pairs never seen" if attribute in never_seen else ""
+        lines.append(f"{label}: {_percent(seen[attribute])} of images match their caption{never} "
+                     f"(chance {_percent(chance(attribute))})")
+    return lines
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.0f} %"

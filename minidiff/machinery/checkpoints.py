@@ -56,9 +56,10 @@ def save_checkpoint(path, header: dict, **modules) -> Path:
 
 def save_run(path, state) -> Path:
     """Save a training run (a `minidiff.training.TrainState`): its model, EMA and optimizer, and a
-    header with its configs, tokenizer, step and losses."""
+    header with its configs, tokenizer, step, time trained and losses."""
     header = {
         "step": state.step,
+        "trained_seconds": state.trained_seconds,
         "model_config": state.model.config.to_dict(),
         "train_config": dataclasses.asdict(state.config),
         "tokenizer": state.tokenizer.to_dict(),
@@ -75,6 +76,7 @@ def restore_run(path, state):
     for name in ("model", "ema", "optimizer"):
         checkpoint.restore(name, getattr(state, name))
     state.step, state.losses = int(step), [tuple(x) for x in losses]
+    state.trained_seconds = float(checkpoint.header.get("trained_seconds", 0.0))  # older runs did not count it
     return state
 
 
