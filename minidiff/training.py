@@ -94,7 +94,7 @@ class TrainConfig:
         gave the warm-up in steps, and are read as the same fraction of the run."""
         saved = dict(saved)
         if "warmup_steps" in saved:
-            saved["warmup"] = min(saved.pop("warmup_steps") / saved["steps"], 0.9)
+            saved["warmup"] = min(saved.pop("warmup_steps") / saved["steps"], 0.9)  # a fraction must stay below 1
         return cls(**saved)
 
 
