@@ -30,7 +30,10 @@ affine in one another for fixed x_t, guiding any of them is the same.
 Each x0 prediction may be clipped before the step uses it. Pixel images live
 in [-1, 1], so clipping a prediction that overshoots ("static", the default)
 keeps strong guidance from driving colours out of range; a latent space has
-no such range ("none").
+no such range ("none"). Static clipping flattens every overshooting pixel to
+the same saturated value; "dynamic" thresholding (Imagen, Saharia et al. 2022,
+sec. 2.3) instead scales a whole image back into range when it overshoots
+(see `dynamic_threshold`), keeping the differences between its pixels.
 """
 
 import math
@@ -45,7 +48,9 @@ from minidiff.corruption import NoiseSchedule, network_time, x0_and_eps
 
 SAMPLERS = ("ddpm", "ddim", "heun", "dpm++2m")
 SECOND_ORDER = ("heun", "dpm++2m")
-X0_CLIPPINGS = ("static", "none")  # what is done to each x0 prediction: clip to [-1, 1], or nothing
+# What is done to each x0 prediction: clip to [-1, 1], scale each image back into range, or nothing.
+X0_CLIPPINGS = ("static", "dynamic", "none")
+DYNAMIC_THRESHOLD_PERCENTILE = 99.5  # Imagen's p (Saharia et al. 2022, sec. 2.3)
 
 
 def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, eta: float = 0.0,
@@ -63,6 +68,20 @@ def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, et
         raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {eta}")
     if x0_clipping not in X0_CLIPPINGS:
         raise ValueError(f"unknown x0 clipping {x0_clipping!r}: choose one of {X0_CLIPPINGS}")
+
+
+def dynamic_threshold(x0_pred, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE):
+    """Imagen's dynamic thresholding of x0 predictions (B, H, W, C).
+
+    Per image, s = the `percentile`-th percentile of |x0_pred|, at least 1;
+    the image is clipped to [-s, s] and divided by s. An image already within
+    [-1, 1] (s = 1) is left as it is; one that overshoots is brought back into
+    range as a whole, rather than having every overshooting pixel flattened to
+    +-1, which is what saturates images at high guidance scales.
+    """
+    s = jnp.percentile(jnp.abs(x0_pred).reshape(x0_pred.shape[0], -1), percentile, axis=1)  # (B,)
+    s = jnp.maximum(s, 1.0)[:, None, None, None]
+    return jnp.clip(x0_pred, -s, s) / s
 
 
 def function_evaluations(sampler: str, num_steps: int) -> int:
@@ -226,9 +245,9 @@ def _sample_loop(
         time = jnp.full((batch,), network_time(step_index_of(schedule, alpha_bar), schedule.num_steps))
         output = guided_output(model, x, time, caption, empty_caption, guidance_scale, guided)
         x0_pred, eps_pred = x0_and_eps(model.config.prediction, output, x, jnp.full((batch,), alpha_bar))
-        if x0_clipping == "static":
-            # Clip the prediction to the image range and recompute eps to match it.
-            x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
+        if x0_clipping != "none":
+            # Bring the prediction into the image range and recompute eps to match it.
+            x0_pred = jnp.clip(x0_pred, -1.0, 1.0) if x0_clipping == "static" else dynamic_threshold(x0_pred)
             eps_pred = (x - jnp.sqrt(alpha_bar) * x0_pred) / jnp.sqrt(1 - alpha_bar)
         return x0_pred, eps_pred
 

@@ -7,8 +7,8 @@ import pytest
 
 from minidiff.corruption import cosine_schedule, network_time
 from minidiff.course.oracles import GaussianOracle, exact_ode_solution
-from minidiff.sampling import (check_settings, function_evaluations, guided_output, karras_sigmas, noise_levels, sample,
-                               sigma_from_alpha_bar, step_index_of, timestep_sequence)
+from minidiff.sampling import (check_settings, dynamic_threshold, function_evaluations, guided_output, karras_sigmas,
+                               noise_levels, sample, sigma_from_alpha_bar, step_index_of, timestep_sequence)
 
 DATA_STD = 0.3  # small enough that clipping x0 to [-1, 1] never matters
 
@@ -76,6 +76,29 @@ def test_static_clipping_keeps_x0_in_the_image_range_and_none_leaves_it():
     assert float(free.std()) == pytest.approx(2.0, rel=0.05) and float(jnp.abs(free).max()) > 4.0
 
 
+def test_dynamic_thresholding_scales_an_overshooting_image_and_leaves_one_in_range():
+    """Image 0: 498 pixels at 0.75, 498 at -1.5 and 4 outliers at 10 (under half a percent), so its
+    99.5th percentile of |x| is s = 1.5: clip to [-1.5, 1.5], divide by 1.5. Image 1 is within [-1, 1]
+    (s <= 1): unchanged."""
+    overshooting = np.concatenate([np.full(498, 0.75), np.full(498, -1.5), np.full(4, 10.0)])
+    in_range = np.linspace(-0.9, 0.9, 1000)
+    x0 = jnp.asarray(np.stack([overshooting, in_range]).reshape(2, 10, 10, 10), jnp.float32)
+    out = np.asarray(dynamic_threshold(x0)).reshape(2, -1)
+    expected = np.concatenate([np.full(498, 0.5), np.full(498, -1.0), np.full(4, 1.0)])
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(out[1], in_range, rtol=1e-6)
+
+
+def test_dynamic_thresholding_bounds_samples_without_saturating_them():
+    """For data of std 2, both keep samples in [-1, 1]; static clipping piles them at +-1, dynamic
+    thresholding scales them back instead, so few sit there."""
+    _, static = oracle_sample(GaussianOracle(2.0), 512, num_steps=100, x0_clipping="static")
+    _, dynamic = oracle_sample(GaussianOracle(2.0), 512, num_steps=100, x0_clipping="dynamic")
+    assert float(jnp.abs(dynamic).max()) <= 1.0 + 1e-6
+    saturated = lambda x: float(jnp.mean(jnp.abs(x) >= 1.0 - 1e-3))  # noqa: E731
+    assert saturated(static) > 0.3 and saturated(dynamic) < 0.05, (saturated(static), saturated(dynamic))
+
+
 def test_trajectory_holds_one_prediction_per_step(model):
     noise = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
     ids = jnp.ones((1, 24), jnp.int32)
@@ -114,7 +137,7 @@ def test_timestep_sequence():
     (dict(guidance_scale=float("inf")), "finite"),
     (dict(eta=-0.5), "eta"),
     (dict(eta=float("nan")), "eta"),
-    (dict(x0_clipping="dynamic"), "unknown x0 clipping"),
+    (dict(x0_clipping="percentile"), "unknown x0 clipping"),
 ])
 def test_settings_no_sampler_can_run_are_clear_errors(settings, message):
     settings = dict(sampler="ddim", num_steps=10, guidance_scale=3.0, eta=0.0, x0_clipping="static") | settings

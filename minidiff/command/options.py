@@ -121,12 +121,12 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
     parameter_option(model, preset, "image_size", "image side in pixels", type=at_least(1))
     model.add_argument("--preset", default=recipe.get("preset", "small"), choices=PRESETS,
                        help="model size: tiny (tests, the demo), small (CPU), base (GPU) (default: %(default)s)")
-    presets_own = "the preset's: " + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
-                                              for name, unet in UNET_PRESETS.items())
+    attention_default = (" ".join(map(str, recipe["attention_at"])) if "attention_at" in recipe else
+                         "the preset's: " + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
+                                                      for name, unet in UNET_PRESETS.items()))
     model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE", **given("attention_at"),
                        help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
-                       "get self- and cross-attention, e.g. 8 4 (default: "
-                       + (" ".join(map(str, recipe["attention_at"])) if "attention_at" in recipe else presets_own) + ")")
+                       f"get self- and cross-attention, e.g. 8 4 (default: {attention_default})")
     field_option(model, ModelConfig, "prediction", "what the network predicts", choices=PREDICTIONS)
 
     training = p.add_argument_group("training")
@@ -164,7 +164,8 @@ SAMPLING_OPTIONS = {
     "steps": ("denoising steps (Heun makes 2 network calls per step)", dict(type=at_least(1))),
     "guidance": ("classifier-free guidance: 1 = none, 0 = ignore the caption", {}),
     "eta": ("DDIM noise: 0 = deterministic, 1 = like DDPM", {}),
-    "x0_clipping": ("what is done to each x0 prediction: static = clip to the image range [-1, 1], none = nothing",
+    "x0_clipping": ("what is done to each x0 prediction: static = clip to the image range [-1, 1], dynamic = "
+                    "scale each image that overshoots back into it (Imagen), none = nothing",
                     dict(type=str, choices=X0_CLIPPINGS)),
     "seed": ("noise seed", {}),
 }
