@@ -317,7 +317,7 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
     pending = []  # (step, loss on the device), read back every log_every steps, not every step
     bar = _progress_bar(state, progress)
     first_step, last_time = state.step, clock()
-    window_images, window_seconds = 0, 0.0
+    window_start = (state.step, state.trained_seconds)  # where the speed shown on the bar is measured from
     try:
         while state.progress < 1.0:
             step = state.step
@@ -336,7 +336,6 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
             pending.append((state.step, loss))
             now = clock()
             state.trained_seconds += now - last_time
-            window_images, window_seconds = window_images + config.batch_size, window_seconds + now - last_time
             last_time = now
 
             done = state.progress >= 1.0
@@ -347,9 +346,10 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
                 values = _checked_losses(pending, config)
                 pending.clear()
                 state.losses.extend(values)
-                speed = window_images / window_seconds if window_seconds > 0 else float("nan")
+                steps, seconds = state.step - window_start[0], state.trained_seconds - window_start[1]
+                speed = steps * config.batch_size / seconds if seconds > 0 else float("nan")
                 _show(bar, state, loss=np.mean([v for _, v in values]), img_per_s=speed)
-                window_images, window_seconds = 0, 0.0
+                window_start = (state.step, state.trained_seconds)
             if save or report:
                 step_on_device.sync()
             if save:
