@@ -26,15 +26,19 @@ def attention(q, k, v, mask=None):
 
 
 class MultiHeadAttention(nnx.Module):
-    """Queries from one sequence, keys and values from another (or the same)."""
+    """Queries from one sequence, keys and values from another (or the same).
 
-    def __init__(self, query_dim: int, context_dim: int, heads: int, *, rngs: nnx.Rngs):
+    With `zero_output`, the output projection starts at zero, so that a residual branch
+    built on it starts as nothing (as DiT's adaLN-Zero wants it)."""
+
+    def __init__(self, query_dim: int, context_dim: int, heads: int, *, zero_output: bool = False, rngs: nnx.Rngs):
         if query_dim % heads:
             raise ValueError(f"width {query_dim} is not divisible by {heads} heads")
         self.heads = heads
         self.to_q = nnx.Linear(query_dim, query_dim, use_bias=False, rngs=rngs)
         self.to_kv = nnx.Linear(context_dim, 2 * query_dim, use_bias=False, rngs=rngs)
-        self.out = nnx.Linear(query_dim, query_dim, rngs=rngs)
+        start = {"kernel_init": nnx.initializers.zeros} if zero_output else {}
+        self.out = nnx.Linear(query_dim, query_dim, **start, rngs=rngs)
 
     def __call__(self, x, context, mask=None):  # x: (B, L, D), context: (B, Lc, Dc)
         b, length, dim = x.shape

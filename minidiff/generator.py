@@ -7,7 +7,7 @@
 A `Generator` is the trained network with what it needs to be asked in words:
 its tokenizer and the noise schedule it was trained on. `sample` turns
 captions into ids, draws the starting noise from the seed, splits the rows over
-this host's devices where they split evenly, runs a sampler (`minidiff.sampling`)
+this host's devices where they split evenly, runs a sampler (`minidiff.sampling`, or `minidiff.flows` for a flow model)
 and hands back images, in batches with a progress bar if asked.
 
 Later stages chain onto it: a cascade follows the generator with an upscaler,
@@ -24,17 +24,36 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from minidiff import flows, sampling
 from minidiff.captions import Tokenizer
 from minidiff.corruption import NoiseSchedule
 from minidiff.machinery.checkpoints import Checkpoint
 from minidiff.machinery.initialisation import shapes_only
 from minidiff.machinery.sharding import gather_on_one_device, mesh_for_batch, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage
-from minidiff.sampling import check_settings, sample
 from minidiff.training import TrainConfig, TrainState
 
 # What `Generator.sample` draws with (its other parameters say how the work is split and shown).
 SAMPLING_SETTINGS = ("sampler", "steps", "guidance", "eta", "x0_clipping", "seed")
+# Each objective's samplers; the first is the one used when none is named.
+SAMPLERS_OF = {"diffusion": ("ddim", *(s for s in sampling.SAMPLERS if s != "ddim")), "flow": flows.FLOW_SAMPLERS}
+ALL_SAMPLERS = tuple(dict.fromkeys(s for samplers in SAMPLERS_OF.values() for s in samplers))
+
+
+def check_settings(objective: str, sampler: str | None, steps: int, guidance: float, eta: float,
+                   x0_clipping: str) -> str:
+    """A ValueError that says what is wrong with settings a model of this objective cannot sample with;
+    else the sampler to use (its objective's first when `sampler` is None)."""
+    sampler = sampler or SAMPLERS_OF[objective][0]
+    if sampler not in SAMPLERS_OF[objective]:
+        raise ValueError(f"a {objective} model samples with one of {SAMPLERS_OF[objective]}, not {sampler!r}")
+    if objective == "flow":
+        if eta != 0.0:
+            raise ValueError(f"eta is DDIM's noise; a flow's samplers are deterministic, so it must be 0, got {eta}")
+        flows.check_settings(sampler, steps, guidance, x0_clipping)
+    else:
+        sampling.check_settings(sampler, steps, guidance, eta, x0_clipping)
+    return sampler
 # A stage after the generator: (images (N, H, W, C) in [-1, 1], their captions, seed) -> new images.
 # A stage that draws noise derives its own keys from the seed, so that they differ from the generator's.
 Stage = Callable[[np.ndarray, list[str], int], np.ndarray]
@@ -53,25 +72,29 @@ class Generator:
         return cls(state.ema, state.tokenizer, state.config.noise_schedule())
 
     @staticmethod
-    def settings(**given) -> dict:
-        """`sample`'s SAMPLING_SETTINGS: those given and the defaults of the others, checked
-        (`sampling.check_settings`), so that bad ones stop a caller before it does anything slow."""
+    def settings(objective: str = "diffusion", **given) -> dict:
+        """`sample`'s SAMPLING_SETTINGS for a model of this objective: those given and the defaults of
+        the others, checked (`check_settings`), so that bad ones stop a caller before it does anything slow."""
         unknown = set(given) - set(SAMPLING_SETTINGS)
         if unknown:
             raise TypeError(f"{', '.join(sorted(unknown))}: not among the sampling settings {SAMPLING_SETTINGS}")
         parameters = inspect.signature(Generator.sample).parameters
         settings = {name: parameters[name].default for name in SAMPLING_SETTINGS} | given
-        check_settings(settings["sampler"], settings["steps"], settings["guidance"], settings["eta"],
-                       settings["x0_clipping"])
+        settings["sampler"] = check_settings(objective, settings["sampler"], settings["steps"], settings["guidance"],
+                                             settings["eta"], settings["x0_clipping"])
         return settings
+
+    @property
+    def objective(self) -> str:
+        return self.model.config.objective
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of what the network generates (the stages after it may change it)."""
-        unet = self.model.config.unet
-        return (unet.image_size, unet.image_size, unet.channels)
+        denoiser = self.model.config.denoiser
+        return (denoiser.image_size, denoiser.image_size, denoiser.channels)
 
-    def sample(self, captions: Sequence[str], *, sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
+    def sample(self, captions: Sequence[str], *, sampler: str | None = None, steps: int = 50, guidance: float = 3.0,
                eta: float = 0.0, seed: int = 0, x0_clipping: str = "static", truncate: bool = False,
                batch_size: int = 64, keep_trajectory: bool = False, progress: bool = False):
         """One image per caption: (N, H, W, C) float32 in [-1, 1] (`corruption.to_uint8` makes pixels).
@@ -80,9 +103,10 @@ class Generator:
         so an image depends on its seed and its place, not on how many others are drawn
         after it. A caption too long for the model is an error unless `truncate`. With
         keep_trajectory, also returns the x0 prediction at every step, (steps, N, H, W, C).
-        The other settings are `minidiff.sampling.sample`'s.
+        `sampler` is one of the model's objective's (`SAMPLERS_OF`; None: DDIM for diffusion,
+        Euler for a flow); the other settings are `minidiff.sampling.sample`'s.
         """
-        check_settings(sampler, steps, guidance, eta, x0_clipping)
+        sampler = check_settings(self.objective, sampler, steps, guidance, eta, x0_clipping)
         captions = list(captions)
         if not captions:
             raise ValueError("no captions to draw: give at least one")
@@ -118,7 +142,10 @@ class Generator:
             # batch would compute this one on every device.
             gather_on_one_device(self.model)
             token_ids, empty_ids = jnp.asarray(token_ids), jnp.asarray(empty_ids)
-        return sample(self.model, self.schedule, noise, token_ids, empty_ids, loop_key, **settings)
+        if self.objective == "flow":
+            del settings["eta"]  # checked to be 0: an ODE solver adds no noise
+            return flows.sample(self.model, noise, token_ids, empty_ids, loop_key, **settings)
+        return sampling.sample(self.model, self.schedule, noise, token_ids, empty_ids, loop_key, **settings)
 
 
 def load(path, use_ema: bool = True) -> Generator:

@@ -1,11 +1,16 @@
-"""The text-to-image model: the caption encoder and the U-Net as one module, and presets.
+"""The text-to-image model: the caption encoder and the denoiser as one module, and presets.
 
     token ids --TextEncoder--> caption embeddings --+
                                                    v
-    x_t, noise level t ---------------------------> UNet --> eps / x0 / v
+    x_t, noise level t ---------------------------> UNet or DiT --> eps / x0 / v, or a velocity
 
-Presets are named sizes: `tiny` for tests, `small` for a CPU demo in minutes,
-`base` for a GPU. Override any field with `dataclasses.replace`.
+The denoiser's backbone is a U-Net (`minidiff.denoiser`) or a transformer over
+patches (`minidiff.dit`); the objective is diffusion (`minidiff.corruption`:
+the network predicts eps, x0 or v) or a straight-line flow (`minidiff.flows`:
+it predicts the velocity). Presets are named sizes: `tiny` for tests, `small`
+for a CPU demo in minutes, `base` for a GPU; a DiT preset costs about the
+FLOPs of the U-Net preset of the same name. Override any field with
+`dataclasses.replace`.
 """
 
 import dataclasses
@@ -16,29 +21,50 @@ from flax import nnx
 from minidiff.captions import TextEncoder, TextEncoderConfig
 from minidiff.corruption import PREDICTIONS
 from minidiff.denoiser import UNet, UNetConfig
+from minidiff.dit import DiT, DiTConfig
+from minidiff.flows import VELOCITY
 from minidiff.machinery.initialisation import initialised
+
+BACKBONES = {"unet": UNetConfig, "dit": DiTConfig}
+# What the network may predict under each objective; the first is the default.
+OBJECTIVES = {"diffusion": ("v", *(p for p in PREDICTIONS if p != "v")), "flow": (VELOCITY,)}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    unet: UNetConfig
+    denoiser: UNetConfig | DiTConfig  # its type is the backbone
     text: TextEncoderConfig
-    prediction: str = "v"  # what the network outputs: "eps", "x0" or "v"
+    prediction: str = "v"  # what the network outputs: "eps", "x0" or "v" for diffusion; "velocity" for a flow
+    objective: str = "diffusion"  # one of OBJECTIVES
 
     def __post_init__(self):
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {self.prediction!r}: choose one of {PREDICTIONS}")
-        if self.unet.caption_dim != self.text.dim:
-            raise ValueError(f"unet.caption_dim ({self.unet.caption_dim}) must equal text.dim ({self.text.dim})")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {tuple(OBJECTIVES)}")
+        if self.prediction not in OBJECTIVES[self.objective]:
+            raise ValueError(f"a {self.objective} model cannot predict {self.prediction!r}: "
+                             f"choose one of {OBJECTIVES[self.objective]}")
+        if self.denoiser.caption_dim != self.text.dim:
+            raise ValueError(f"the denoiser's caption_dim ({self.denoiser.caption_dim}) must equal "
+                             f"text.dim ({self.text.dim})")
+
+    @property
+    def backbone(self) -> str:
+        return next(name for name, kind in BACKBONES.items() if isinstance(self.denoiser, kind))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as a checkpoint's header holds it: the denoiser's fields under its backbone's name."""
+        return {"backbone": self.backbone, self.backbone: dataclasses.asdict(self.denoiser),
+                "text": dataclasses.asdict(self.text), "prediction": self.prediction, "objective": self.objective}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        unet = {k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()}
-        unet.setdefault("modulated_output_norm", False)  # checkpoints from before the option have a plain one
-        return cls(unet=UNetConfig(**unet), text=TextEncoderConfig(**d["text"]), prediction=d["prediction"])
+        """Also reads headers written before DiTs and flows existed: a U-Net trained with diffusion."""
+        backbone = d.get("backbone", "unet")
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d[backbone].items()}
+        if backbone == "unet":
+            fields.setdefault("modulated_output_norm", False)  # checkpoints from before the option have a plain one
+        return cls(denoiser=BACKBONES[backbone](**fields), text=TextEncoderConfig(**d["text"]),
+                   prediction=d["prediction"], objective=d.get("objective", "diffusion"))
 
 
 # Named sizes of the U-Net, and of the text encoder that goes with it (dim, depth, heads).
@@ -55,24 +81,40 @@ UNET_PRESETS = {
         attention_resolutions=(16, 8), heads=8, groups=32, cond_dim=512, caption_dim=256,
     ),
 }
+# Transformers of about the FLOPs per image of the U-Net preset of the same name at 32 px (XLA's count of
+# the forward pass: `minidiff bench --backbone unet dit` prints both). Cheap ones cut 4 x 4 patches:
+# 64 tokens at 32 px. Their text encoders are the U-Net's.
+DIT_PRESETS = {
+    "tiny": DiTConfig(patch_size=4, width=64, depth=4, heads=2, caption_dim=32),
+    "small": DiTConfig(patch_size=4, width=128, depth=5, heads=4, caption_dim=128),
+    "base": DiTConfig(patch_size=2, width=384, depth=12, heads=6, caption_dim=256),
+}
 TEXT_PRESETS = {"tiny": (32, 1, 2), "small": (128, 2, 4), "base": (256, 4, 8)}
 PRESETS = tuple(UNET_PRESETS)
 
 
-def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 32, **overrides) -> ModelConfig:
-    """A named model size. `overrides` replace fields of the U-Net config."""
+def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 32, backbone: str = "unet",
+           objective: str = "diffusion", **overrides) -> ModelConfig:
+    """A named model size. `overrides` replace fields of the denoiser's config (`UNetConfig` or `DiTConfig`)."""
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {PRESETS}")
-    unet = dataclasses.replace(UNET_PRESETS[name], image_size=image_size, **overrides)
-    # Only sizes the user asked for are checked: a preset's own may miss at another image size
-    # (the small preset at 64 px has no 4x4 level, so it attends in the middle only).
-    missing = set(overrides.get("attention_resolutions", ())) - set(unet.level_sizes)
-    if missing:
-        raise ValueError(f"no level of the {name} U-Net at {image_size}px has feature maps of size "
-                         f"{sorted(missing)}: attention can go at {list(unet.level_sizes)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}: choose one of {tuple(BACKBONES)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: choose one of {tuple(OBJECTIVES)}")
+    if backbone == "dit":
+        denoiser = dataclasses.replace(DIT_PRESETS[name], image_size=image_size, **overrides)
+    else:
+        denoiser = dataclasses.replace(UNET_PRESETS[name], image_size=image_size, **overrides)
+        # Only sizes the user asked for are checked: a preset's own may miss at another image size
+        # (the small preset at 64 px has no 4x4 level, so it attends in the middle only).
+        missing = set(overrides.get("attention_resolutions", ())) - set(denoiser.level_sizes)
+        if missing:
+            raise ValueError(f"no level of the {name} U-Net at {image_size}px has feature maps of size "
+                             f"{sorted(missing)}: attention can go at {list(denoiser.level_sizes)}")
     dim, depth, heads = TEXT_PRESETS[name]
     text = TextEncoderConfig(vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=heads)
-    return ModelConfig(unet=unet, text=text)
+    return ModelConfig(denoiser=denoiser, text=text, prediction=OBJECTIVES[objective][0], objective=objective)
 
 
 class TextToImage(nnx.Module):
@@ -81,14 +123,22 @@ class TextToImage(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.text_encoder = TextEncoder(config.text, rngs=rngs)
-        self.unet = UNet(config.unet, rngs=rngs)
+        # Named by its kind, so that a checkpoint's arrays say which network they belong to.
+        if config.backbone == "unet":
+            self.unet = UNet(config.denoiser, rngs=rngs)
+        else:
+            self.dit = DiT(config.denoiser, rngs=rngs)
+
+    @property
+    def denoiser(self) -> UNet | DiT:
+        return self.unet if self.config.backbone == "unet" else self.dit
 
     def encode_captions(self, token_ids):
         """(B, L) ids -> (tokens (B, L, D), mask (B, L), pooled (B, D)); reused across sampling steps."""
         return self.text_encoder(token_ids)
 
     def denoise(self, xt, t, caption_embedding):
-        return self.unet(xt, t, *caption_embedding)
+        return self.denoiser(xt, t, *caption_embedding)
 
     def __call__(self, xt, t, token_ids):
         return self.denoise(xt, t, self.encode_captions(token_ids))

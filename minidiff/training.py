@@ -5,7 +5,9 @@ One step (Ho et al. 2020, Algorithm 1, with a caption):
   dropout, so the same network also learns the unconditional model that
   classifier-free guidance needs); pick a step t and noise eps; form
   x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps; regress the network
-  output on eps (or x0, or v) with a squared error.
+  output on eps (or x0, or v) with a squared error. A flow model
+  (`minidiff.flows`) takes the straight path x_t = (1 - t) x0 + t eps instead,
+  and regresses the velocity eps - x0.
 
 The loop adds what a real run needs: AdamW with warm-up and decay, an
 exponential moving average (EMA) of the weights for sampling, a length in steps
@@ -30,6 +32,7 @@ from minidiff.captions import Tokenizer
 from minidiff.corruption import (SCHEDULES, NoiseSchedule, make_schedule, network_time, prediction_target, q_sample,
                                  snr, to_model_range)
 from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices, mirror_some
+from minidiff.flows import TIME_SAMPLINGS, flow_loss
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, restore_run, save_run
 from minidiff.machinery.compiled_step import CompiledStep
 from minidiff.machinery.sharding import check_batch_size, replicate, shard_batch
@@ -52,7 +55,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     horizontal_flip: bool = False  # mirror half of each batch (only where captions say nothing of left and right)
-    schedule: str = "cosine"  # one of corruption.SCHEDULES
+    schedule: str = "cosine"  # one of corruption.SCHEDULES (diffusion models)
+    time_sampling: str = "logit_normal"  # one of flows.TIME_SAMPLINGS: where a flow model's t are drawn
     num_timesteps: int = 1000
     loss_weighting: str = "clipped_snr"  # one of LOSS_WEIGHTINGS (see `loss_weight`)
     min_snr_gamma: float = 5.0  # the cap of both SNR weightings
@@ -80,7 +84,7 @@ class TrainConfig:
             value = getattr(self, name)
             _require(0 <= value <= 1, name, value, "a number between 0 and 1")  # false for NaN too
         for name, options in (("schedule", tuple(SCHEDULES)), ("loss_weighting", LOSS_WEIGHTINGS),
-                              ("precision", PRECISIONS)):
+                              ("precision", PRECISIONS), ("time_sampling", TIME_SAMPLINGS)):
             value = getattr(self, name)
             _require(value in options, name, value, f"one of {options}")
 
@@ -173,6 +177,15 @@ def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, k
     return jnp.mean(weight * per_example)
 
 
+def training_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, key, config: TrainConfig):
+    """The loss the model's objective asks for: `diffusion_loss`, or a flow's (`flows.flow_loss`)."""
+    if model.config.objective == "flow":
+        if config.precision == "bfloat16":
+            return flow_loss(in_bfloat16(model), x0, token_ids, key, config.time_sampling, jnp.bfloat16)
+        return flow_loss(model, x0, token_ids, key, config.time_sampling)
+    return diffusion_loss(model, schedule, x0, token_ids, key, config)
+
+
 def drop_captions(key, token_ids, empty_ids, probability: float):
     """Replace each caption by the empty caption with the given probability."""
     drop = jax.random.uniform(key, (token_ids.shape[0], 1)) < probability
@@ -187,7 +200,7 @@ def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_i
     x0 = to_model_range(images_uint8)  # on the device
     drop_key, loss_key = jax.random.split(key)
     token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
-    loss, grads = nnx.value_and_grad(diffusion_loss)(model, schedule, x0, token_ids, loss_key, config)
+    loss, grads = nnx.value_and_grad(training_loss)(model, schedule, x0, token_ids, loss_key, config)
     optimizer.update(model, grads, learning_rate=learning_rate)
     # EMA with a warm-up: early on, average over fewer steps (as in Karras et al. 2022's EDM code).
     step = optimizer.step[...]
@@ -296,10 +309,10 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
     if config.minutes and jax.process_count() > 1:
         raise ValueError("a budget in minutes is read off each host's own clock, so hosts could stop after "
                          "different steps; give a multi-host run its length in steps")
-    if dataset.image_size != state.model.config.unet.image_size:
+    if dataset.image_size != state.model.config.denoiser.image_size:
         raise ValueError(
             f"dataset images are {dataset.image_size}px but the model was built for "
-            f"{state.model.config.unet.image_size}px"
+            f"{state.model.config.denoiser.image_size}px"
         )
     put_batch = jnp.asarray
     if mesh is not None:

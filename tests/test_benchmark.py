@@ -14,10 +14,12 @@ def test_peak_flops_picks_the_right_device_and_precision():
 
 
 def test_a_row_has_a_cell_for_every_column():
-    row = {"preset": "tiny", "image_size": 32, "batch_size": 8, "devices": 2, "precision": "float32", "parameters": 2e5,
-           "compile_s": 1.0, "train_images_per_s": 10.0, "achieved_tflop_per_s": 0.01, "mfu": None, "peak_memory_gb": 1.0}
+    row = {"backbone": "dit", "preset": "tiny", "image_size": 32, "batch_size": 8, "devices": 2, "precision": "float32",
+           "parameters": 2e5, "compile_s": 1.0, "train_images_per_s": 10.0, "achieved_tflop_per_s": 0.01, "mfu": None,
+           "peak_memory_gb": 1.0}
     assert format_row(row).count("|") == table_header().splitlines()[0].count("|")
-    assert "n/a" in format_row(row) and "42%" in format_row(row | {"mfu": 0.42, "sample_images_per_s": 5.0})
+    assert format_row(row).startswith("| dit tiny | 32 |") and "n/a" in format_row(row)
+    assert "42%" in format_row(row | {"mfu": 0.42, "sample_images_per_s": 5.0})
     peer = {"peer_parameters": 2e5, "peer_train_images_per_s": 20.0, "peer_mfu": None, "speedup": 0.5}
     assert format_row(row | peer).count("|") == table_header(pytorch=True).splitlines()[0].count("|")
     assert "0.50x" in format_row(row | peer)

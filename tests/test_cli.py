@@ -18,9 +18,10 @@ from minidiff.datasets import DATASETS, load_dataset
 from minidiff.evaluation.evaluate import evaluate
 from minidiff.evaluation.judge import train_judge
 from minidiff.evaluation.pixel_judge import measure_pixel_adherence
+from minidiff.flows import FLOW_SAMPLERS, TIME_SAMPLINGS, VELOCITY
 from minidiff.generator import Generator
 from minidiff.machinery.checkpoints import Checkpoint
-from minidiff.model import PRESETS, ModelConfig, preset
+from minidiff.model import BACKBONES, OBJECTIVES, PRESETS, preset
 from minidiff.sampling import SAMPLERS, X0_CLIPPINGS
 from minidiff.training import PRECISIONS, TrainConfig
 
@@ -68,11 +69,15 @@ def test_option_defaults_and_choices_are_the_libraries_own():
             flag = "--" + name.replace("_", "-")
             expected = intended.get((command, name), getattr(defaults, name))
             assert option(command, flag).default == expected, (command, flag)
-        assert option(command, "--prediction").default == ModelConfig.prediction
+        assert option(command, "--prediction").default is None  # the objective's own (OBJECTIVES[objective][0])
+        assert option(command, "--backbone").default is None and option(command, "--objective").default is None
+        assert tuple(option(command, "--backbone").choices) == tuple(BACKBONES)
+        assert tuple(option(command, "--objective").choices) == tuple(OBJECTIVES)
+        assert tuple(option(command, "--time-sampling").choices) == TIME_SAMPLINGS
         assert option(command, "--image-size").default == defaults_of(preset)["image_size"]
         assert option(command, "--num-images").default == defaults_of(load_dataset)["num_images"]
         assert option(command, "--data-seed").default == defaults_of(load_dataset)["seed"]
-        assert tuple(option(command, "--prediction").choices) == PREDICTIONS
+        assert set(option(command, "--prediction").choices) == set(PREDICTIONS) | {VELOCITY}
         assert tuple(option(command, "--preset").choices) == PRESETS
         assert tuple(option(command, "--dataset").choices) == DATASETS
         assert tuple(option(command, "--precision").choices) == PRECISIONS
@@ -81,7 +86,7 @@ def test_option_defaults_and_choices_are_the_libraries_own():
     for command in ("sample", "evaluate"):
         for name in ("sampler", "steps", "guidance", "seed"):
             assert option(command, "--" + name).default == sample_defaults[name], (command, name)
-        assert tuple(option(command, "--sampler").choices) == SAMPLERS
+        assert set(option(command, "--sampler").choices) == set(SAMPLERS) | set(FLOW_SAMPLERS)
     assert option("sample", "--eta").default == sample_defaults["eta"]
     assert tuple(option("sample", "--x0-clipping").choices) == X0_CLIPPINGS
     assert option("sample", "--per-caption").default == defaults_of(draw_grid)["per_caption"]
@@ -170,12 +175,37 @@ def test_train_then_sample_and_evaluate(trained, tmp_path, capsys):
     (["--caption", ""], "has no words"),
     (["--caption", "a flower", "--guidance", "nan"], "guidance scale must be a finite number"),
     (["--caption", "a flower", "--eta", "2"], "eta must be between 0"),
+    (["--caption", "a flower", "--sampler", "euler"], "a diffusion model samples with one of ('ddim'"),
 ])
 def test_bad_sampling_input_is_a_clear_error_and_writes_nothing(trained, tmp_path, capsys, args, message):
     out = tmp_path / "bad.png"
     assert main(["sample", "--checkpoint", str(trained / "checkpoint.npz"), "--out", str(out), *args]) == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error and not out.exists()
+
+
+def test_a_dit_trained_as_a_flow_samples_with_euler_and_resumes_only_as_itself(tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--image-size", "16", "--num-images", "32", "--batch-size", "4", "--sample-every", "0", "--out", str(run),
+              "--quiet"]
+    assert main(["train", "--preset", "tiny", "--backbone", "dit", "--objective", "flow", "--steps", "2", *common]) == 0
+    assert "DiT, 4 blocks of width 64 over 4x4 patches of 4x4 px; flow, predicts velocity" in capsys.readouterr().out
+    header = Checkpoint(run / "checkpoint.npz").header["model_config"]
+    assert (header["backbone"], header["objective"], header["prediction"]) == ("dit", "flow", "velocity")
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower", "--steps", "3",
+                 "--per-caption", "2", "--out", str(grid)]) == 0
+    assert grid.is_file()
+    for extra, message in ((["--sampler", "ddim"], "a flow model samples with one of ('euler', 'heun'), not 'ddim'"),
+                           (["--eta", "0.5"], "a flow's samplers are deterministic")):
+        assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",
+                     "--out", str(tmp_path / "bad.png"), *extra]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+    for extra, message in ((["--backbone", "unet"], "is a dit run (its backbone); it cannot resume as unet"),
+                           (["--objective", "diffusion"], "is a flow run (its objective)")):
+        assert main(["train", "--resume", "--steps", "3", *common, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert Checkpoint(run / "checkpoint.npz").header["step"] == 2
 
 
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
@@ -185,7 +215,15 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     for extra, message in ((["--batch-size", "0"], "batch_size must be a whole number of at least 1, got 0"),
                            (["--learning-rate", "-1"], "learning_rate must be a positive number, got -1.0"),
                            (["--learning-rate", "nan"], "learning_rate must be a positive number"),
-                           (["--attention-at", "8", "5"], "attention can go at [8, 4]")):
+                           (["--attention-at", "8", "5"], "attention can go at [8, 4]"),
+                           (["--backbone", "dit", "--attention-at", "8"], "every block of a DiT attends"),
+                           (["--objective", "flow", "--prediction", "eps"], "a flow model cannot predict 'eps'"),
+                           (["--time-sampling", "beta"], None)):
+        if message is None:  # a choice argparse refuses itself
+            with pytest.raises(SystemExit):
+                main([*base, *extra])
+            assert "invalid choice: 'beta'" in capsys.readouterr().err and not run.exists()
+            continue
         assert main([*base, *extra]) == 2, extra
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error, (extra, error)
@@ -204,7 +242,7 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     for command in (["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--per-caption", "0"],
                     ["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--steps", "-3"],
                     ["evaluate", "--checkpoint", "x.npz", "--num-samples", "1"],
-                    ["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--sampler", "euler"]):
+                    ["sample", "--checkpoint", "x.npz", "--caption", "a flower", "--sampler", "rk4"]):
         with pytest.raises(SystemExit) as exit_:
             main(command)
         assert exit_.value.code == 2 and "error: argument" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def test_bad_configs_are_clear_errors(tokenizer):
     config = preset("tiny", 10)
     with pytest.raises(ValueError, match="caption_dim"):
         dataclasses.replace(config, text=dataclasses.replace(config.text, dim=64))
-    with pytest.raises(ValueError, match="unknown prediction"):
+    with pytest.raises(ValueError, match="cannot predict .score."):
         dataclasses.replace(config, prediction="score")
     assert ModelConfig.from_dict(config.to_dict()) == config
 
@@ -86,5 +86,5 @@ def test_at_initialisation_only_the_modulated_output_norm_passes_the_noise_level
 def test_configs_saved_before_the_modulated_output_norm_load_with_a_plain_one():
     saved = preset("tiny", 10).to_dict()
     del saved["unet"]["modulated_output_norm"]
-    assert ModelConfig.from_dict(saved).unet.modulated_output_norm is False
-    assert preset("tiny", 10).unet.modulated_output_norm is True
+    assert ModelConfig.from_dict(saved).denoiser.modulated_output_norm is False
+    assert preset("tiny", 10).denoiser.modulated_output_norm is True

@@ -1,5 +1,6 @@
 """The benchmark's PyTorch peer is the same network: diffusers' UNet2DConditionModel, configured
-by `diffusers_unet` and given minidiff's parameters, computes minidiff's U-Net output.
+by `diffusers_unet` and given minidiff's parameters, computes minidiff's U-Net output; diffusers'
+PixArtTransformer2DModel, in `PeerDiT`, computes minidiff's DiT output.
 
 Needs the bench extra (PyTorch and diffusers); skipped without it.
 """
@@ -15,12 +16,9 @@ pytest.importorskip("diffusers")
 from minidiff.denoiser import depth_to_space, space_to_depth
 from minidiff.model import count_parameters, create_model, preset
 from minidiff.training import TrainConfig
-from minidiff.command.pytorch_peer import (
-    PeerTextToImage,
-    benchmark_peer,
-    diffusers_unet,
-    unet_state_dict,
-)
+from minidiff.command.pytorch_peer import (PeerDiT, PeerTextToImage, benchmark_peer, diffusers_unet, dit_state_dict,
+                                           unet_state_dict)
+from minidiff.dit import sincos_positions
 
 
 def randomised(module, seed=0):
@@ -38,19 +36,19 @@ def randomised(module, seed=0):
 def test_diffusers_computes_the_same_unet(overrides):
     config = preset("tiny", vocab_size=20, image_size=16, max_length=8, modulated_output_norm=False, **overrides)
     unet = randomised(create_model(config).unet)
-    peer = diffusers_unet(config.unet)
+    peer = diffusers_unet(config.denoiser)
     peer.load_state_dict(unet_state_dict(unet), strict=True)  # every name and shape matches, none left over
     assert sum(p.numel() for p in peer.parameters()) == count_parameters(unet)
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
     t = np.array([0.3, 0.8], np.float32)
-    tokens = rng.normal(size=(2, 8, config.unet.caption_dim)).astype(np.float32)
+    tokens = rng.normal(size=(2, 8, config.denoiser.caption_dim)).astype(np.float32)
     mask = np.ones((2, 8), bool)
     mask[0, 5:] = False  # padding must be ignored the same way
     expected = np.asarray(unet(jnp.asarray(x), jnp.asarray(t), jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(tokens[:, 0])))
 
-    p = config.unet.patch_size
+    p = config.denoiser.patch_size
     patches = np.asarray(space_to_depth(jnp.asarray(x), p)).transpose(0, 3, 1, 2)  # NHWC -> NCHW
     with torch.no_grad():
         out = peer(torch.tensor(patches), torch.tensor(1000 * t), encoder_hidden_states=torch.tensor(tokens),
@@ -60,8 +58,36 @@ def test_diffusers_computes_the_same_unet(overrides):
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_the_whole_peer_is_within_a_few_percent_of_minidiffs_size_and_trains():
-    config = preset("tiny", vocab_size=20, image_size=16, max_length=8)
+@pytest.mark.parametrize("overrides", [{}, {"patch_size": 2, "image_size": 8}])
+def test_diffusers_pixart_computes_the_same_dit(overrides):
+    size = overrides.pop("image_size", 16)
+    config = preset("tiny", vocab_size=20, image_size=size, max_length=8, backbone="dit", **overrides)
+    dit = randomised(create_model(config).dit)
+    peer = PeerDiT(config.denoiser)
+    peer.load_state_dict(dit_state_dict(dit), strict=True)  # every name and shape matches, none left over
+    assert sum(p.numel() for p in peer.parameters()) == count_parameters(dit)
+    # The fixed positions are the same too (diffusers keeps them as a buffer, not a parameter).
+    np.testing.assert_allclose(peer.transformer.pos_embed.pos_embed[0].numpy(),
+                               sincos_positions(config.denoiser.grid, config.denoiser.width), atol=1e-6)
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+    t = np.array([0.3, 0.8], np.float32)
+    tokens = rng.normal(size=(2, 8, config.denoiser.caption_dim)).astype(np.float32)
+    mask = np.ones((2, 8), bool)
+    mask[0, 5:] = False  # padding must be ignored the same way
+    expected = np.asarray(dit(*map(jnp.asarray, (x, t, tokens, mask, tokens[:, 0]))))
+    with torch.no_grad():
+        out = peer(torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(1000 * t), torch.tensor(tokens),
+                   torch.tensor(mask), torch.tensor(tokens[:, 0]))
+    got = out.numpy().transpose(0, 2, 3, 1)
+    assert np.abs(expected).max() > 1.0  # a real signal, not two zeros
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())  # as for the U-Net
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_the_whole_peer_is_within_a_few_percent_of_minidiffs_size_and_trains(backbone):
+    config = preset("tiny", vocab_size=20, image_size=16, max_length=8, backbone=backbone)
     peer = PeerTextToImage(config)
     ours = count_parameters(create_model(config))
     theirs = sum(p.numel() for p in peer.parameters())

@@ -37,7 +37,7 @@ from minidiff.datasets import toy_dataset
 from minidiff.generator import Generator
 from minidiff.machinery.sharding import mesh_for_batch, replicate, shard_batch
 from minidiff.model import count_parameters, preset
-from minidiff.training import TrainConfig, compiled_train_step, diffusion_loss, new_train_state
+from minidiff.training import TrainConfig, compiled_train_step, new_train_state, training_loss
 
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
@@ -63,13 +63,14 @@ def peak_memory_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
 
 
-def _setup(preset_name: str, image_size: int, batch_size: int, precision: str):
+def _setup(preset_name: str, image_size: int, batch_size: int, precision: str, backbone: str = "unet"):
     """A fresh train state and one batch of the embedded set, on the devices `train` would use:
     the batch split over as many of this host's devices as divide it, the modules replicated.
     Also returns the batch's captions and that mesh (None for one device)."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
-    model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length)
+    model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length,
+                          backbone=backbone)
     config = TrainConfig(batch_size=batch_size, precision=precision)
     state = new_train_state(model_config, tokenizer, config)
     schedule = config.noise_schedule()
@@ -104,19 +105,19 @@ def _median_seconds(run, repeats: int, warm_up: bool = True) -> float:
 
 
 def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: int = 5,
-                   precision: str = "float32") -> dict:
+                   precision: str = "float32", backbone: str = "unet") -> dict:
     """Where a train step's time goes: {part: (seconds, FLOPs)} for the forward pass (the
     loss), the backward pass (the gradients), and the update (gradient clipping, AdamW, EMA),
     each measured as the difference between nested compiled programs. The whole step is the
     program `benchmark` times, on the same devices: after it, it is not compiled again."""
-    state, schedule, images, ids, empty, _, _ = _setup(preset_name, image_size, batch_size, precision)
+    state, schedule, images, ids, empty, _, _ = _setup(preset_name, image_size, batch_size, precision, backbone)
     config = state.config
     x0 = to_model_range(images)
     key = jax.random.key(0)
     # Like the train step (`machinery.compiled_step`), compiled on arrays, so no part pays for walking the modules.
     graphdef, params = nnx.split(state.model)
-    forward = jax.jit(lambda p, *a: diffusion_loss(nnx.merge(graphdef, p), *a, config))
-    gradients = jax.jit(lambda p, *a: nnx.value_and_grad(diffusion_loss)(nnx.merge(graphdef, p), *a, config))
+    forward = jax.jit(lambda p, *a: training_loss(nnx.merge(graphdef, p), *a, config))
+    gradients = jax.jit(lambda p, *a: nnx.value_and_grad(training_loss)(nnx.merge(graphdef, p), *a, config))
     loss_args = (params, schedule, x0, ids, key)
     f_s, f_flops = _median_seconds(lambda: forward(*loss_args), repeats), _flops(forward, *loss_args)
     g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
@@ -128,9 +129,10 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
 
 
 def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
-              sampling: bool = True, pytorch: bool = False) -> dict:
+              sampling: bool = True, pytorch: bool = False, backbone: str = "unet") -> dict:
     """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
-    state, schedule, images, ids, empty, captions, mesh = _setup(preset_name, image_size, batch_size, precision)
+    state, schedule, images, ids, empty, captions, mesh = _setup(preset_name, image_size, batch_size, precision,
+                                                                 backbone)
     model_config = state.model.config
     num_devices = mesh.size if mesh is not None else 1
     step = compiled_train_step(state)  # what `train` runs
@@ -147,7 +149,8 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     device = jax.devices()[0]
     peak = peak_flops(device, precision)
     result = {
-        "device": device.device_kind, "devices": num_devices, "preset": preset_name, "image_size": image_size,
+        "device": device.device_kind, "devices": num_devices, "backbone": backbone, "preset": preset_name,
+        "image_size": image_size,
         "batch_size": batch_size, "precision": precision, "parameters": count_parameters(state.model),
         "compile_s": compile_seconds, "step_s": step_seconds, "train_images_per_s": batch_size / step_seconds,
         "step_tflop": flops / 1e12, "achieved_tflop_per_s": flops / step_seconds / 1e12,
@@ -179,7 +182,7 @@ def _percent(x):
 
 def format_row(r: dict) -> str:
     sampling = f"{r['sample_images_per_s']:.0f}" if "sample_images_per_s" in r else "-"
-    row = (f"| {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} | {r['precision']} "
+    row = (f"| {r['backbone']} {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} | {r['precision']} "
            f"| {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} "
            f"| {r['achieved_tflop_per_s']:.3f} | {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
     if "speedup" in r:
@@ -190,7 +193,7 @@ def format_row(r: dict) -> str:
 
 
 def table_header(pytorch: bool = False) -> str:
-    names = ["preset", "px", "batch", "devices", "precision", "params", "compile s", "train img/s", "sample img/s",
+    names = ["model", "px", "batch", "devices", "precision", "params", "compile s", "train img/s", "sample img/s",
              "TFLOP/s", "MFU", "peak GB"]
     if pytorch:
         names += ["diffusers params", "diffusers train img/s", "diffusers sample img/s", "diffusers MFU",

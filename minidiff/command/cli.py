@@ -10,20 +10,19 @@ caption) end with one line saying what is wrong and exit status 2.
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from minidiff.captions import SPECIAL_TOKENS, CaptionError, Tokenizer
+from minidiff.captions import CaptionError
 from minidiff.command.benchmark import benchmark, format_row, table_header
 from minidiff.command.options import (add_sampling_options, add_training_options, at_least, default_of, field_option,
-                                      parameter_option, sampling_settings, train_config)
-from minidiff.datasets import DATASETS, CaptionedImages, load_dataset
+                                      parameter_option, sampling_settings)
+from minidiff.command.runs import draw_grid, run_training
+from minidiff.datasets import DATASETS
 from minidiff.evaluation.evaluate import evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
 from minidiff.evaluation.judge import train_judge
@@ -31,12 +30,11 @@ from minidiff.evaluation.pixel_judge import adherence_lines, measure_pixel_adher
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
 from minidiff.generator import SAMPLING_SETTINGS, Generator, load
 from minidiff.machinery.atomic import atomic_write
-from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
+from minidiff.machinery.checkpoints import CheckpointError
 from minidiff.machinery.compilation import enable_compilation_cache
-from minidiff.machinery.sharding import data_mesh, initialize_distributed, mesh_for_batch, one_device_per_cpu_core
-from minidiff.model import PRESETS, ModelConfig, count_parameters, preset
-from minidiff.training import (PRECISIONS, TrainConfig, TrainingDiverged, TrainState, new_train_state,
-                               resume_train_state, train)
+from minidiff.machinery.sharding import initialize_distributed, one_device_per_cpu_core
+from minidiff.model import BACKBONES, PRESETS, preset
+from minidiff.training import PRECISIONS, TrainConfig, TrainingDiverged
 
 DEMO_CAPTIONS = (
     "a red flower with a yellow centre",
@@ -61,136 +59,11 @@ DEMO_GUIDANCE = 5.0
 DEMO_GRADED_IMAGES = 96  # per split: images the demo draws to grade itself
 
 
-# --- Pictures ----------------------------------------------------------------------
-
-
-def note_unknown_words(tokenizer: Tokenizer, captions) -> None:
-    for caption in captions:
-        unknown = tokenizer.unknown_words(caption)
-        if unknown:
-            print(f"note: the model never saw the word(s) {', '.join(unknown)} in training; "
-                  f"they are read as 'unknown' in {caption!r}", file=sys.stderr)
-
-
-def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, title: str | None = None, **settings):
-    """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
-    note_unknown_words(generator.tokenizer, captions)
-    images = generator.sample([c for c in captions for _ in range(per_caption)], **settings)
-    used = Generator.settings(**settings)
-    title = title or f"{used['sampler']}, {used['steps']} steps, guidance {used['guidance']:g}"
-    save_figure(captioned_grid(images, captions, title=title), path)
-    return images
-
-
-# --- Training, piece by piece --------------------------------------------------------
-
-
-def load_training_data(args, image_size: int) -> CaptionedImages:
-    start = time.perf_counter()
-    dataset = load_dataset(args.dataset, args.split, image_size=image_size, num_images=args.num_images,
-                           seed=args.data_seed, data_dir=args.data_dir, use_cache=not args.no_cache,
-                           download=args.download)
-    print(f"dataset {dataset.name}: {len(dataset)} images of {image_size}x{image_size} "
-          f"({time.perf_counter() - start:.1f} s)")
-    return dataset
-
-
-def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
-    """The model --preset, --image-size, --attention-at and --prediction ask for, reading `tokenizer`'s words."""
-    overrides = {"attention_resolutions": tuple(args.attention_at)} if args.attention_at else {}
-    config = preset(args.preset, tokenizer.vocab_size, image_size=args.image_size, max_length=tokenizer.max_length,
-                    **overrides)
-    return dataclasses.replace(config, prediction=args.prediction)
-
-
-def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
-    """The run saved in --out (with --resume), or a new model for this dataset's captions."""
-    if args.resume:
-        state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
-        length = f"{state.trained_seconds:.0f} s of {60 * config.minutes:.0f}" if config.minutes else \
-            f"step {state.step} of {config.steps}"
-        print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
-        return state
-    tokenizer = Tokenizer.from_captions(dataset.all_captions())
-    return new_train_state(model_config(args, tokenizer), tokenizer, config)
-
-
-def describe_model(state: TrainState, preset_name: str) -> str:
-    unet = state.model.config.unet
-    attended = [f"{n}x{n}" for n in unet.level_sizes if n in unet.attention_resolutions] + ["the middle"]
-    return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, "
-            f"predicts {state.model.config.prediction}, attention: {', '.join(attended)}")
-
-
-def training_mesh(data_parallel: bool, batch_size: int):
-    """Every device if asked, else as many of this host's as split the batch (a CPU counts one per core)."""
-    mesh = data_mesh() if data_parallel else mesh_for_batch(batch_size)
-    if mesh is not None:
-        print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
-              f"{batch_size // mesh.size} images per device per step")
-    return mesh
-
-
-def image_size_to_train(args) -> int:
-    """--image-size, or the size of the run being resumed."""
-    if not args.resume:
-        return args.image_size
-    (model_config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("model_config", kind="training run")
-    return model_config["unet"]["image_size"]
-
-
-def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, count: int = 4) -> list[str]:
-    """The preferred captions the model knows every word of; else the first captions of a few classes."""
-    known = [c for c in preferred if not tokenizer.unknown_words(c)]
-    if known:
-        return known
-    shown, classes = [], set()
-    for options, label in zip(dataset.captions, dataset.labels.get("class", range(len(dataset)))):
-        if int(label) not in classes and len(shown) < count:
-            classes.add(int(label))
-            shown.append(options[0])
-    return shown
-
-
-def saved_length(args) -> dict:
-    """The length (steps or minutes) of the run --resume continues."""
-    (config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("train_config", kind="training run")
-    config = TrainConfig.from_dict(config)
-    return {"minutes": config.minutes} if config.minutes else {"steps": config.steps, "minutes": 0.0}
-
-
-def run_training(args, preferred_captions=DEMO_CAPTIONS) -> TrainState:
-    """Train as `minidiff train` does; returns the final TrainState."""
-    # The settings are checked before anything slow happens.
-    config = train_config(args, saved_length(args) if args.resume else args.default_length)
-    if not args.resume:
-        model_config(args, Tokenizer(SPECIAL_TOKENS))  # the model's too (its words are not known yet)
-    dataset = load_training_data(args, image_size_to_train(args))
-    config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
-    state = new_or_resumed_state(args, dataset, config)
-    print(describe_model(state, "(from checkpoint)" if args.resume else args.preset))
-    out = Path(args.out)
-    captions = captions_to_show(dataset, state.tokenizer, preferred_captions)
-
-    def report(state):
-        draw_grid(Generator.from_training(state), captions, out / f"samples_step{state.step:06d}.png", per_caption=4,
-                  steps=25, guidance=3.0, title=f"step {state.step}: ddim, 25 steps, guidance 3")
-        save_loss_curve(state.losses, out / "loss.png")
-
-    mesh = training_mesh(args.data_parallel or args.multi_host, config.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
-    state = train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
-                  progress=not args.quiet, mesh=mesh)
-    print(f"trained {state.step} steps in {state.trained_seconds:.0f} s "
-          f"({state.step * config.batch_size / max(state.trained_seconds, 1e-9):.0f} images/s; compiling not counted)")
-    return state
-
-
 # --- Commands ------------------------------------------------------------------------
 
 
 def cmd_train(args):
-    state = run_training(args)
+    state = run_training(args, DEMO_CAPTIONS)
     save_loss_curve(state.losses, Path(args.out) / "loss.png")
     print(f"wrote {Path(args.out) / 'checkpoint.npz'} and {Path(args.out) / 'loss.png'}")
 
@@ -209,8 +82,8 @@ def grade_demo(generator: Generator, num_images: int = DEMO_GRADED_IMAGES, **set
 def cmd_demo(args):
     start = time.perf_counter()
     settings = sampling_settings(args)
-    Generator.settings(**settings)  # checked before minutes of training, not after
-    state = run_training(args)
+    Generator.settings(args.objective or "diffusion", **settings)  # checked before minutes of training, not after
+    state = run_training(args, DEMO_CAPTIONS)
     out = Path(args.out)
     save_loss_curve(state.losses, out / "loss.png")
     grid = out / "demo.png"
@@ -237,7 +110,7 @@ def cmd_adherence(args):
     settings = sampling_settings(args)
     seed = settings.pop("seed")
     for guidance in args.guidance:
-        Generator.settings(**settings, guidance=guidance)  # every scale checked before the first is drawn
+        Generator.settings(generator.objective, **settings, guidance=guidance)  # every scale, before the first
     results = {}
     for split in ("test", "held_out"):
         for guidance in args.guidance:
@@ -254,7 +127,7 @@ def cmd_evaluate(args):
     generator = load(args.checkpoint)
     size = generator.image_shape[0]
     reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
-    settings = Generator.settings(**sampling_settings(args))  # checked before a judge is trained
+    settings = Generator.settings(generator.objective, **sampling_settings(args))  # checked before a judge is trained
     judge = judge_for(args.checkpoint, args.dataset, size, path=args.judge, data_dir=args.data_dir,
                       progress=not args.quiet, steps=args.judge_steps)
     inception = load_fid_inception(args.inception) if args.inception else None
@@ -285,11 +158,12 @@ def cmd_bench(args):
             raise SystemExit(f"--pytorch needs PyTorch and diffusers ({e}): pip install \"minidiff[bench]\"") from None
     rows = []
     print(table_header(args.pytorch))
-    for preset_name in args.preset:
-        for size in args.image_size:
-            rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision,
-                                  pytorch=args.pytorch))
-            print(format_row(rows[-1]), flush=True)
+    for backbone in args.backbone:
+        for preset_name in args.preset:
+            for size in args.image_size:
+                rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision,
+                                      pytorch=args.pytorch, backbone=backbone))
+                print(format_row(rows[-1]), flush=True)
     print(f"device: {rows[-1]['device']}")
     if args.out:
         atomic_write(args.out, lambda f: f.write(json.dumps(rows, indent=2).encode()))
@@ -364,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train-step and sampling images/s, compile time, FLOP/s, MFU (where the "
                                 "device's peak is known) and peak memory, per preset and image size.")
     bench.add_argument("--preset", nargs="+", default=["small"], choices=PRESETS, help="presets to time (default: small)")
+    bench.add_argument("--backbone", nargs="+", default=["unet"], choices=tuple(BACKBONES),
+                       help="denoisers to time: unet, dit (default: unet)")
     parameter_option(bench, preset, "image_size", "image sizes", type=at_least(1), nargs="+",
                      default=[default_of(preset, "image_size")])
     bench.add_argument("--batch-size", type=at_least(1), default=32, help="images per step (default: %(default)s)")

@@ -8,6 +8,8 @@ rooms before it, so the course's order is the import order:
     stages       corruption < denoiser < captions < sampling, the four stages; a stage imports only
                  earlier stages, and `attention` (shared by the denoiser and the caption encoder)
     machinery    what makes a run fast and safe (imports nothing of minidiff but itself)
+    later        the stages the field added later, each a file at the top of `minidiff/` beside the
+                 four: a DiT denoiser, straight-line flows
     model        the stages put together
     datasets     the data every stage is fed
     training     the loss, the step and the loop
@@ -27,7 +29,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 STAGES = ("corruption", "denoiser", "captions", "sampling")
 SHARED_BY_STAGES = ("attention",)
-ROOMS = ("stages", "machinery", "model", "datasets", "optimization", "training", "generator", "evaluation", "course", "command")
+LATER_STAGES = ("dit", "flows")
+ROOMS = ("stages", "machinery", "later", "model", "datasets", "optimization", "training", "generator", "evaluation", "course", "command")
 MAX_LINES = 400
 
 
@@ -48,6 +51,8 @@ def room(module: str) -> str:
         return "package"
     if top in STAGES + SHARED_BY_STAGES:
         return "stages"
+    if top in LATER_STAGES:
+        return "later"
     return top if top in ROOMS else None
 
 

@@ -16,18 +16,18 @@ import argparse
 import dataclasses
 import inspect
 
-from minidiff.corruption import PREDICTIONS
 from minidiff.datasets import DATASETS, load_dataset
 from minidiff.datasets.splits import SPLITS as REAL_SPLITS
 from minidiff.datasets.toy import SPLITS as TOY_SPLITS
-from minidiff.generator import SAMPLING_SETTINGS, Generator
-from minidiff.model import PRESETS, UNET_PRESETS, ModelConfig, preset
-from minidiff.sampling import SAMPLERS, X0_CLIPPINGS
+from minidiff.flows import TIME_SAMPLINGS
+from minidiff.generator import ALL_SAMPLERS, SAMPLERS_OF, SAMPLING_SETTINGS, Generator
+from minidiff.model import BACKBONES, OBJECTIVES, PRESETS, UNET_PRESETS, preset
+from minidiff.sampling import X0_CLIPPINGS
 from minidiff.training import PRECISIONS, TrainConfig
 
 # The TrainConfig fields the command sets; the others keep their defaults. The run's length (steps or
 # minutes) is set apart: see `run_length`.
-TRAIN_OPTIONS = ("batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision")
+TRAIN_OPTIONS = ("batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision", "time_sampling")
 
 
 def at_least(smallest: int):
@@ -76,7 +76,8 @@ def parameter_option(parser, function, name: str, help: str, flag: str | None = 
     """An option for parameter `name` of `function`: its flag, type and default from the parameter."""
     default = default_of(function, name)
     settings = {"type": type(default), "default": default} | overrides
-    parser.add_argument(flag or _flag(name), help=f"{help} (default: %(default)s)", **settings)
+    shown = "" if settings["default"] is None else " (default: %(default)s)"  # a None default: `help` says it
+    parser.add_argument(flag or _flag(name), help=help + shown, **settings)
 
 
 def run_length(args, default: dict) -> dict:
@@ -121,13 +122,20 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
     parameter_option(model, preset, "image_size", "image side in pixels", type=at_least(1))
     model.add_argument("--preset", default=recipe.get("preset", "small"), choices=PRESETS,
                        help="model size: tiny (tests, the demo), small (CPU), base (GPU) (default: %(default)s)")
+    model.add_argument("--backbone", choices=tuple(BACKBONES), help="the denoiser: unet, or dit (a transformer over "
+                       "2x2 patches of about the same FLOPs) (default: unet; with --resume, the run's own)")
+    model.add_argument("--objective", choices=tuple(OBJECTIVES), help="diffusion (the network predicts eps, x0 or v "
+                       "of the noised image), or flow (the straight path from image to noise; it predicts the "
+                       "velocity) (default: diffusion; with --resume, the run's own)")
     attention_default = (" ".join(map(str, recipe["attention_at"])) if "attention_at" in recipe else
                          "the preset's: " + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
                                                       for name, unet in UNET_PRESETS.items()))
     model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE", **given("attention_at"),
                        help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
                        f"get self- and cross-attention, e.g. 8 4 (default: {attention_default})")
-    field_option(model, ModelConfig, "prediction", "what the network predicts", choices=PREDICTIONS)
+    choices = tuple(dict.fromkeys(p for predictions in OBJECTIVES.values() for p in predictions))
+    model.add_argument("--prediction", choices=choices, help="what the network predicts (default: "
+                       + ", ".join(f"{predictions[0]} for {name}" for name, predictions in OBJECTIVES.items()) + ")")
 
     training = p.add_argument_group("training")
     default = f"{length['minutes']:g} minutes" if "minutes" in length else f"{length['steps']} steps"
@@ -137,12 +145,14 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
                         help="train for this many minutes, however many steps they buy; the learning rate's warm-up "
                         "and decay follow the time spent, and compiling and sample grids are not counted "
                         f"(default: {default})")
-    p.set_defaults(default_length=length)
+    p.set_defaults(default_length=length, recipe_attention_at=recipe.get("attention_at"))
     field_option(training, TrainConfig, "batch_size", "images per step", **given("batch_size"))
     field_option(training, TrainConfig, "learning_rate", "peak AdamW learning rate", **given("learning_rate"))
     field_option(training, TrainConfig, "seed", "seed of initialisation, batches and noise")
     field_option(training, TrainConfig, "precision", "bfloat16: mixed precision (bf16 compute, float32 master "
                  "weights), for GPUs and TPUs", choices=PRECISIONS)
+    field_option(training, TrainConfig, "time_sampling", "where a flow model's training times t are drawn: "
+                 "logit_normal (SD3's, most in the middle) or uniform", choices=TIME_SAMPLINGS)
     field_option(training, TrainConfig, "sample_every", "steps between sample grids, 0 = none during training",
                  default=sample_every)
     field_option(training, TrainConfig, "checkpoint_every", "steps between checkpoints, 0 = only at the end")
@@ -160,7 +170,9 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
 
 # The SAMPLING_SETTINGS of `Generator.sample`, as options: (help, how argparse reads it).
 SAMPLING_OPTIONS = {
-    "sampler": ("update rule", dict(type=str, choices=SAMPLERS)),
+    "sampler": ("update rule: " + "; ".join(f"{', '.join(samplers)} for a {objective} model"
+                                            for objective, samplers in SAMPLERS_OF.items())
+                + " (default: the first)", dict(type=str, choices=ALL_SAMPLERS)),
     "steps": ("denoising steps (Heun makes 2 network calls per step)", dict(type=at_least(1))),
     "guidance": ("classifier-free guidance: 1 = none, 0 = ignore the caption", {}),
     "eta": ("DDIM noise: 0 = deterministic, 1 = like DDPM", {}),

@@ -1,4 +1,5 @@
-"""The same network in PyTorch, built from HF diffusers' UNet2DConditionModel: the benchmark's peer.
+"""The same network in PyTorch, built from HF diffusers (UNet2DConditionModel, PixArtTransformer2DModel): the
+benchmark's peer.
 
 Readers who do not use minidiff would build a text-to-image model from
 diffusers, so `minidiff bench --pytorch` times that, on the same device, in the
@@ -14,6 +15,13 @@ layouts; the tests check that both then compute the same output. The caption
 encoder is PyTorch's own pre-norm `nn.TransformerEncoder` of the same size
 (its attention projections carry biases, a few hundred parameters more).
 
+minidiff's DiT is PixArt-α's architecture, so its peer is diffusers'
+PixArtTransformer2DModel (`diffusers_dit`, `dit_state_dict`), with one
+addition, `PeerDiT`: PixArt-α conditions its adaptive norms on the noise level
+alone, minidiff's DiT on the pooled caption too, so the peer runs PixArt's own
+modules in PixArt's order and adds a linear map of the pooled caption to the
+embedded noise level, as minidiff does.
+
 The peer trains as minidiff does, from the same `TrainConfig`: v-prediction with minidiff's loss
 weighting, caption dropout, AdamW with gradient clipping, and an EMA of its weights.
 """
@@ -24,12 +32,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from flax import nnx
 
 from minidiff.captions import PAD
 from minidiff.corruption import network_time, snr, to_model_range
 from minidiff.denoiser import UNetConfig
+from minidiff.dit import DiTConfig
 from minidiff.model import ModelConfig
 from minidiff.training import TrainConfig, loss_weight
 
@@ -135,6 +144,66 @@ def unet_state_dict(unet) -> dict[str, torch.Tensor]:
     return {name: torch.tensor(np.asarray(value)) for name, value in out.items()}
 
 
+def diffusers_dit(c: DiTConfig) -> PixArtTransformer2DModel:
+    """PixArtTransformer2DModel with minidiff's DiT architecture (all but the pooled caption: see `PeerDiT`)."""
+    return PixArtTransformer2DModel(
+        num_attention_heads=c.heads, attention_head_dim=c.width // c.heads, in_channels=c.channels,
+        out_channels=c.channels, num_layers=c.depth, cross_attention_dim=c.width,
+        attention_bias=False,  # minidiff's query, key and value projections have no bias
+        sample_size=c.image_size, patch_size=c.patch_size, interpolation_scale=1, use_additional_conditions=False,
+        caption_channels=c.caption_dim,
+    )
+
+
+def dit_state_dict(dit) -> dict[str, torch.Tensor]:
+    """minidiff's `DiT` parameters as a state dict for `PeerDiT(dit.config)`."""
+    c = dit.config
+    p = _numpy_tree(nnx.to_pure_dict(nnx.state(dit, nnx.Param)))
+    patch = p["patch_in"]["kernel"].reshape(c.patch_size, c.patch_size, c.channels, c.width)  # rows of (py, px, c)
+    half = c.frequency_dim // 2  # diffusers' sinusoids come as [cos, sin], minidiff's as [sin, cos]
+    time_in = {"kernel": np.concatenate([p["time_in"]["kernel"][half:], p["time_in"]["kernel"][:half]]),
+               "bias": p["time_in"]["bias"]}
+    out = {"transformer.pos_embed.proj.weight": patch.transpose(3, 2, 0, 1), "transformer.pos_embed.proj.bias":
+           p["patch_in"]["bias"], **_linear("transformer.adaln_single.emb.timestep_embedder.linear_1", time_in),
+           **_linear("transformer.adaln_single.emb.timestep_embedder.linear_2", p["time_out"]),
+           **_linear("caption_to_cond", p["caption_to_cond"]),
+           **_linear("transformer.caption_projection.linear_1", p["caption_in"]),
+           **_linear("transformer.caption_projection.linear_2", p["caption_out"]),
+           **_linear("transformer.adaln_single.linear", p["modulation"]),
+           "transformer.scale_shift_table": p["out_table"], **_linear("transformer.proj_out", p["out"])}
+    for i, block in p["blocks"].items():
+        prefix = f"transformer.transformer_blocks.{i}"
+        out |= {f"{prefix}.scale_shift_table": block["table"], **_attention(f"{prefix}.attn1", block["self_attention"]),
+                **_attention(f"{prefix}.attn2", block["cross_attention"]),
+                **_linear(f"{prefix}.ff.net.0.proj", block["mlp_in"]), **_linear(f"{prefix}.ff.net.2", block["mlp_out"])}
+    return {name: torch.tensor(np.ascontiguousarray(value)) for name, value in out.items()}
+
+
+class PeerDiT(torch.nn.Module):
+    """diffusers' PixArtTransformer2DModel, its forward pass written out to add the pooled caption to the
+    conditioning (PixArt-α's is the noise level alone). (B, C, H, W) in and out, PyTorch's layout."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.transformer = diffusers_dit(config)
+        self.caption_to_cond = torch.nn.Linear(config.caption_dim, config.width)
+
+    def forward(self, xt, timesteps, tokens, keep, pooled):
+        m, (batch, _, height, width), p = self.transformer, xt.shape, self.transformer.config.patch_size
+        h = m.pos_embed(xt)  # (B, N, D): the patches and their positions
+        cond = m.adaln_single.emb(timesteps, None, None, batch_size=batch, hidden_dtype=h.dtype)
+        cond = cond + self.caption_to_cond(pooled)
+        modulation = m.adaln_single.linear(F.silu(cond))
+        context = m.caption_projection(tokens)
+        padding = ((1 - keep.to(h.dtype)) * -10000.0)[:, None]  # as PixArtTransformer2DModel.forward turns the mask
+        for block in m.transformer_blocks:
+            h = block(h, encoder_hidden_states=context, encoder_attention_mask=padding, timestep=modulation)
+        shift, scale = (m.scale_shift_table[None] + cond[:, None]).chunk(2, dim=1)
+        h = m.proj_out(m.norm_out(h) * (1 + scale) + shift)
+        h = h.reshape(batch, height // p, width // p, p, p, -1)
+        return torch.einsum("nhwpqc->nchpwq", h).reshape(batch, -1, height, width)
+
+
 def _numpy_tree(tree):
     return {k: _numpy_tree(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
 
@@ -143,26 +212,28 @@ def _numpy_tree(tree):
 
 
 class PeerTextToImage(torch.nn.Module):
-    """Caption encoder + diffusers U-Net, on (B, C, H, W) images: PyTorch's layout."""
+    """Caption encoder + diffusers U-Net or DiT, on (B, C, H, W) images: PyTorch's layout."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         t = config.text
-        self.patch_size = config.unet.patch_size
+        self.backbone, self.patch_size = config.backbone, config.denoiser.patch_size
         self.token_embedding = torch.nn.Embedding(t.vocab_size, t.dim)
         self.position_embedding = torch.nn.Parameter(0.02 * torch.randn(t.max_length, t.dim))
         layer = torch.nn.TransformerEncoderLayer(t.dim, t.heads, 4 * t.dim, dropout=0.0, activation="gelu",
                                                  batch_first=True, norm_first=True)
         self.encoder = torch.nn.TransformerEncoder(layer, t.depth, norm=torch.nn.LayerNorm(t.dim),
                                                    enable_nested_tensor=False)
-        self.unet = diffusers_unet(config.unet)
+        self.denoiser = diffusers_unet(config.denoiser) if config.backbone == "unet" else PeerDiT(config.denoiser)
 
     def forward(self, xt, timesteps, token_ids):
         keep = token_ids != PAD
         tokens = self.token_embedding(token_ids) + self.position_embedding[: token_ids.shape[1]]
         tokens = self.encoder(tokens, src_key_padding_mask=~keep)
-        out = self.unet(F.pixel_unshuffle(xt, self.patch_size), timesteps, encoder_hidden_states=tokens,
-                        class_labels=tokens[:, 0], encoder_attention_mask=keep.float()).sample
+        if self.backbone == "dit":
+            return self.denoiser(xt, timesteps, tokens, keep, tokens[:, 0])
+        out = self.denoiser(F.pixel_unshuffle(xt, self.patch_size), timesteps, encoder_hidden_states=tokens,
+                            class_labels=tokens[:, 0], encoder_attention_mask=keep.float()).sample
         return F.pixel_shuffle(out, self.patch_size)
 
 

@@ -1,4 +1,4 @@
-"""A denoiser whose answer is known in closed form, for checking samplers.
+"""Denoisers whose answer is known in closed form, for checking samplers (of diffusion, and of flows).
 
 For data x0 ~ N(0, s^2 I), the best possible x0 prediction from
 x_t = a x0 + sqrt(1 - a^2) eps (a = sqrt(alpha_bar)) is linear:
@@ -25,7 +25,7 @@ class GaussianOracle(nnx.Module):
 
     def __init__(self, std: float = 0.3, image_size: int = 4):
         self.std = std
-        self.config = types.SimpleNamespace(prediction="x0", unet=types.SimpleNamespace(image_size=image_size, channels=3))
+        self.config = types.SimpleNamespace(prediction="x0", objective="diffusion", denoiser=types.SimpleNamespace(image_size=image_size, channels=3))
 
     def encode_captions(self, token_ids):
         return (jnp.zeros(token_ids.shape + (1,)),)
@@ -39,3 +39,20 @@ def exact_ode_solution(noise, alpha_bar_start, std: float):
     """Where the probability-flow ODE carries x = noise, started at noise level alpha_bar_start."""
     sigma_start_squared = (1 - alpha_bar_start) / alpha_bar_start
     return noise / alpha_bar_start**0.5 * std / (std**2 + sigma_start_squared) ** 0.5
+
+
+class GaussianFlowOracle(GaussianOracle):
+    """The exact velocity of the straight-line flow for the same Gaussian data: with
+    x_t = (1 - t) x0 + t eps, x_t has variance V(t) = (1 - t)^2 s^2 + t^2 and
+
+        E[eps - x0 | x_t] = (t - (1 - t) s^2) / V(t) x_t,
+
+    whose ODE carries x at t = 1 to s x at t = 0 (`x_t = sqrt(V(t)) z` solves it)."""
+
+    def __init__(self, std: float = 0.3, image_size: int = 4):
+        super().__init__(std, image_size)
+        self.config.prediction, self.config.objective = "velocity", "flow"
+
+    def denoise(self, xt, t, caption):
+        t = t.reshape(-1, 1, 1, 1)
+        return (t - (1 - t) * self.std**2) / ((1 - t) ** 2 * self.std**2 + t**2) * xt

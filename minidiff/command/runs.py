@@ -1,0 +1,170 @@
+"""A training run as the command sets it up: its data, its model (new or resumed), the loop with its
+sample grids, and the grids themselves. `minidiff train` and `minidiff demo` both run one
+(`run_training`); the other commands draw grids with `draw_grid`.
+"""
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from minidiff.captions import SPECIAL_TOKENS, Tokenizer
+from minidiff.command.options import train_config
+from minidiff.datasets import CaptionedImages, load_dataset
+from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
+from minidiff.generator import Generator
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
+from minidiff.machinery.sharding import data_mesh, mesh_for_batch
+from minidiff.model import ModelConfig, count_parameters, preset
+from minidiff.training import TrainConfig, TrainState, new_train_state, resume_train_state, train
+
+# --- Pictures ----------------------------------------------------------------------
+
+
+def note_unknown_words(tokenizer: Tokenizer, captions) -> None:
+    for caption in captions:
+        unknown = tokenizer.unknown_words(caption)
+        if unknown:
+            print(f"note: the model never saw the word(s) {', '.join(unknown)} in training; "
+                  f"they are read as 'unknown' in {caption!r}", file=sys.stderr)
+
+
+def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, title: str | None = None, **settings):
+    """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
+    note_unknown_words(generator.tokenizer, captions)
+    images = generator.sample([c for c in captions for _ in range(per_caption)], **settings)
+    used = Generator.settings(generator.objective, **settings)
+    title = title or f"{used['sampler']}, {used['steps']} steps, guidance {used['guidance']:g}"
+    save_figure(captioned_grid(images, captions, title=title), path)
+    return images
+
+
+# --- Training, piece by piece --------------------------------------------------------
+
+
+def load_training_data(args, image_size: int) -> CaptionedImages:
+    start = time.perf_counter()
+    dataset = load_dataset(args.dataset, args.split, image_size=image_size, num_images=args.num_images,
+                           seed=args.data_seed, data_dir=args.data_dir, use_cache=not args.no_cache,
+                           download=args.download)
+    print(f"dataset {dataset.name}: {len(dataset)} images of {image_size}x{image_size} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return dataset
+
+
+def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
+    """The model --preset, --backbone, --objective, --image-size, --attention-at and --prediction ask for,
+    reading `tokenizer`'s words."""
+    backbone, objective = args.backbone or "unet", args.objective or "diffusion"
+    overrides = {}
+    if args.attention_at and not (backbone != "unet" and args.attention_at == args.recipe_attention_at):
+        if backbone != "unet":  # the demo's recipe places the U-Net's attention: a DiT ignores it
+            raise ValueError("--attention-at places the U-Net's attention; every block of a DiT attends")
+        overrides["attention_resolutions"] = tuple(args.attention_at)
+    config = preset(args.preset, tokenizer.vocab_size, image_size=args.image_size, max_length=tokenizer.max_length,
+                    backbone=backbone, objective=objective, **overrides)
+    return dataclasses.replace(config, prediction=args.prediction) if args.prediction else config
+
+
+def check_resumed_model(args, config: ModelConfig) -> None:
+    """--backbone and --objective, where given with --resume, must be the run's own."""
+    for name in ("backbone", "objective"):
+        asked, saved = getattr(args, name), getattr(config, name)
+        if asked is not None and asked != saved:
+            raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a {saved} run (its {name}); it cannot "
+                                  f"resume as {asked}: drop --{name}, or train a new run in another --out")
+
+
+def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
+    """The run saved in --out (with --resume), or a new model for this dataset's captions."""
+    if args.resume:
+        state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
+        check_resumed_model(args, state.model.config)
+        length = f"{state.trained_seconds:.0f} s of {60 * config.minutes:.0f}" if config.minutes else \
+            f"step {state.step} of {config.steps}"
+        print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
+        return state
+    tokenizer = Tokenizer.from_captions(dataset.all_captions())
+    return new_train_state(model_config(args, tokenizer), tokenizer, config)
+
+
+def describe_model(state: TrainState, preset_name: str) -> str:
+    config = state.model.config
+    denoiser = config.denoiser
+    if config.backbone == "unet":
+        attended = [f"{n}x{n}" for n in denoiser.level_sizes if n in denoiser.attention_resolutions] + ["the middle"]
+        shape = f"U-Net, attention: {', '.join(attended)}"
+    else:
+        shape = (f"DiT, {denoiser.depth} blocks of width {denoiser.width} over {denoiser.grid}x{denoiser.grid} "
+                 f"patches of {denoiser.patch_size}x{denoiser.patch_size} px")
+    return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, {shape}; "
+            f"{config.objective}, predicts {config.prediction}")
+
+
+def training_mesh(data_parallel: bool, batch_size: int):
+    """Every device if asked, else as many of this host's as split the batch (a CPU counts one per core)."""
+    mesh = data_mesh() if data_parallel else mesh_for_batch(batch_size)
+    if mesh is not None:
+        print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
+              f"{batch_size // mesh.size} images per device per step")
+    return mesh
+
+
+def image_size_to_train(args) -> int:
+    """--image-size, or the size of the run being resumed."""
+    if not args.resume:
+        return args.image_size
+    (model_config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("model_config", kind="training run")
+    return ModelConfig.from_dict(model_config).denoiser.image_size
+
+
+def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, count: int = 4) -> list[str]:
+    """The preferred captions the model knows every word of; else the first captions of a few classes."""
+    known = [c for c in preferred if not tokenizer.unknown_words(c)]
+    if known:
+        return known
+    shown, classes = [], set()
+    for options, label in zip(dataset.captions, dataset.labels.get("class", range(len(dataset)))):
+        if int(label) not in classes and len(shown) < count:
+            classes.add(int(label))
+            shown.append(options[0])
+    return shown
+
+
+def saved_length(args) -> dict:
+    """The length (steps or minutes) of the run --resume continues."""
+    (config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("train_config", kind="training run")
+    config = TrainConfig.from_dict(config)
+    return {"minutes": config.minutes} if config.minutes else {"steps": config.steps, "minutes": 0.0}
+
+
+def run_training(args, preferred_captions) -> TrainState:
+    """Train as `minidiff train` does; returns the final TrainState. Its sample grids show the
+    `preferred_captions` the model knows every word of (else a few of the dataset's own)."""
+    # The settings are checked before anything slow happens.
+    config = train_config(args, saved_length(args) if args.resume else args.default_length)
+    if not args.resume:
+        model_config(args, Tokenizer(SPECIAL_TOKENS))  # the model's too (its words are not known yet)
+    dataset = load_training_data(args, image_size_to_train(args))
+    config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
+    state = new_or_resumed_state(args, dataset, config)
+    print(describe_model(state, "(from checkpoint)" if args.resume else args.preset))
+    out = Path(args.out)
+    captions = captions_to_show(dataset, state.tokenizer, preferred_captions)
+
+    def report(state):
+        generator = Generator.from_training(state)
+        sampler = Generator.settings(generator.objective)["sampler"]
+        draw_grid(generator, captions, out / f"samples_step{state.step:06d}.png", per_caption=4,
+                  steps=25, guidance=3.0, title=f"step {state.step}: {sampler}, 25 steps, guidance 3")
+        save_loss_curve(state.losses, out / "loss.png")
+
+    mesh = training_mesh(args.data_parallel or args.multi_host, config.batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    state = train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
+                  progress=not args.quiet, mesh=mesh)
+    print(f"trained {state.step} steps in {state.trained_seconds:.0f} s "
+          f"({state.step * config.batch_size / max(state.trained_seconds, 1e-9):.0f} images/s; compiling not counted)")
+    return state
