@@ -1,14 +1,18 @@
-"""The demo's recipe race: `minidiff demo` with each recipe in turn, on the same budget, graded alike.
+"""The demo's recipe race: `minidiff demo` with each recipe in turn, on the same budgets, graded alike.
 
     python benchmarks/demo_race.py                      # every recipe below, 5 minutes each
     python benchmarks/demo_race.py --minutes 2 --recipe "--batch-size 32" --recipe "--preset tiny"
+    python benchmarks/demo_race.py --minutes 2 5 10 --backbones-and-objectives --fd 256 --plot race.png
 
 Each recipe is a whole `minidiff demo` run in its own process (extra demo
 options; the empty recipe is the demo as shipped), one after the other: time
 one at a time, never two at once, as they share the CPU. Prints one row per
-recipe as it finishes: steps reached, the demo's wall time, and what the demo's
-self-grading printed (seen pairs, then in brackets pairs never seen), and
-writes them all to --out as JSON.
+recipe and budget as it finishes: steps reached, the demo's wall time, and what
+the demo's self-grading printed (seen pairs, then in brackets pairs never
+seen), and writes them all to --out as JSON. With --fd N, each run is also
+measured by `minidiff evaluate` on N held-out captions: the Fréchet distance in
+the features of one judge, trained once for the whole race. With --plot, the
+mean held-out colour adherence and the judge FD against minutes, per recipe.
 """
 
 import argparse
@@ -21,15 +25,21 @@ import tempfile
 import time
 from pathlib import Path
 
-# Options on top of the demo's own recipe (`cli.DEMO_RECIPE`); the small model's rows set all four of its settings.
-SMALL = "--preset small --attention-at 4"  # the small U-Net as its preset has it
-RECIPES = ["",  # the demo as shipped
+# Options on top of the demo's own recipe (`cli.DEMO_RECIPE`). RECIPES race U-Nets trained with diffusion (the
+# demo's model before DiTs and flows); the small model's rows set all four of its settings.
+UNET = "--backbone unet --objective diffusion"
+SMALL = f"{UNET} --preset small --attention-at 4"  # the small U-Net as its preset has it
+RECIPES = [UNET,  # the former demo
            f"{SMALL} --batch-size 64 --learning-rate 1e-3", f"{SMALL} --batch-size 64 --learning-rate 2e-3",
-           f"{SMALL} --batch-size 32 --learning-rate 1e-3", "--preset small --attention-at 8 4 --batch-size 64 "
+           f"{SMALL} --batch-size 32 --learning-rate 1e-3", f"{UNET} --preset small --attention-at 8 4 --batch-size 64 "
            "--learning-rate 1e-3", f"{SMALL} --batch-size 32 --learning-rate 2e-3",
-           f"{SMALL} --batch-size 16 --learning-rate 2e-3", "--batch-size 16", "--seed 1"]
+           f"{SMALL} --batch-size 16 --learning-rate 2e-3", f"{UNET} --batch-size 16", f"{UNET} --seed 1"]
+# {U-Net, DiT} x {diffusion, flow}, each with the demo's recipe (a DiT ignores its attention levels).
+BACKBONES_AND_OBJECTIVES = [f"--backbone {backbone} --objective {objective}"
+                            for backbone in ("unet", "dit") for objective in ("diffusion", "flow")]
 GRADE = re.compile(r"^\s+(.+?): (\d+) % of images match their caption(?:, (\d+) % for pairs never seen)?")
 COLUMNS = ["petal colour", "centre colour", "body colour", "wing colour", "beak colour", "bird facing"]
+COLOURS = [c for c in COLUMNS if c.endswith("colour")]
 
 
 def run_demo(recipe: str, minutes: float, out: Path) -> dict:
@@ -43,30 +53,87 @@ def run_demo(recipe: str, minutes: float, out: Path) -> dict:
     steps = int(re.search(r"trained (\d+) steps", result.stdout).group(1))
     grades = {m.group(1): (int(m.group(2)), m.group(3) and int(m.group(3)))
               for m in map(GRADE.match, result.stdout.splitlines()) if m}
-    return {"recipe": recipe or "(the demo)", "steps": steps, "seconds": time.perf_counter() - start, "grades": grades}
+    return {"recipe": recipe or "(the demo)", "minutes": minutes, "steps": steps,
+            "seconds": time.perf_counter() - start, "grades": grades}
+
+
+def judge_fd(checkpoint: Path, num_samples: int, judge: Path) -> float:
+    """`minidiff evaluate`'s judge Fréchet distance of the run's images; trains the judge at `judge` if missing."""
+    out = checkpoint.parent / "evaluation"
+    command = [sys.executable, "-m", "minidiff.command.cli", "evaluate", "--checkpoint", str(checkpoint),
+               "--num-samples", str(num_samples), "--out", str(out), "--quiet"]
+    result = subprocess.run(command + (["--judge", str(judge)] if judge.is_file() else []), capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    if not judge.is_file():  # trained beside the first checkpoint: every later run is measured by the same one
+        judge.write_bytes(next(checkpoint.parent.glob("judge-*.npz")).read_bytes())
+    return json.loads((out / "metrics.json").read_text())["judge_fd"]
 
 
 def row(result: dict) -> str:
     cells = [f"{seen} % ({never} %)" if never is not None else f"{seen} %"
              for seen, never in (result["grades"][c] for c in COLUMNS)]
-    return f"| {result['recipe']} | {result['steps']} | {result['seconds']:.0f} s | " + " | ".join(cells) + " |"
+    fd = f" {result['judge_fd']:.1f} |" if "judge_fd" in result else ""
+    return (f"| {result['recipe']} | {result['minutes']:g} | {result['steps']} | {result['seconds']:.0f} s | "
+            + " | ".join(cells) + " |" + fd)
+
+
+def held_out_colours(result: dict) -> float:
+    """The mean adherence of the colour attributes on pairs never seen in training, in %."""
+    return sum(result["grades"][c][1] for c in COLOURS) / len(COLOURS)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("held-out colour adherence (%)", held_out_colours)]
+    if all("judge_fd" in r for r in results):
+        panels.append(("judge Fréchet distance (lower is better)", lambda r: r["judge_fd"]))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (label, value) in zip(axes[0], panels):
+        for recipe in dict.fromkeys(r["recipe"] for r in results):
+            mine = sorted((r for r in results if r["recipe"] == recipe), key=lambda r: r["minutes"])
+            ax.plot([r["minutes"] for r in mine], [value(r) for r in mine], marker="o", label=recipe)
+        ax.set_xlabel("minutes of training (2 CPU cores)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0, help="each recipe's training budget")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0], help="training budgets, each run anew")
     parser.add_argument("--recipe", action="append", help="extra demo options, quoted; repeat (default: RECIPES)")
+    parser.add_argument("--backbones-and-objectives", action="store_true",
+                        help="race BACKBONES_AND_OBJECTIVES (U-Net and DiT, diffusion and flow) instead of RECIPES")
+    parser.add_argument("--fd", type=int, metavar="N", help="also the judge FD of N images per run")
+    parser.add_argument("--keep", help="keep the runs in this folder (default: a temporary one)")
+    parser.add_argument("--plot", help="also plot quality against minutes into this PNG")
     parser.add_argument("--out", default="demo_race.json")
     args = parser.parse_args()
-    print("| recipe | steps | demo | " + " | ".join(COLUMNS) + " |")
-    print("|---|---|---|" + "---|" * len(COLUMNS))
+    recipes = args.recipe or (BACKBONES_AND_OBJECTIVES if args.backbones_and_objectives else RECIPES)
+    print("| recipe | minutes | steps | demo | " + " | ".join(COLUMNS) + " |" + (" judge FD |" if args.fd else ""))
+    print("|---|---|---|---|" + "---|" * (len(COLUMNS) + bool(args.fd)))
     results = []
-    with tempfile.TemporaryDirectory() as runs:
-        for i, recipe in enumerate(args.recipe or RECIPES):
-            results.append(run_demo(recipe, args.minutes, Path(runs) / str(i)))
-            print(row(results[-1]), flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = Path(args.keep or scratch)
+        for minutes in args.minutes:
+            for i, recipe in enumerate(recipes):
+                run = runs / f"{i}-{minutes:g}min"
+                results.append(run_demo(recipe, minutes, run))
+                if args.fd:
+                    results[-1]["judge_fd"] = judge_fd(run / "checkpoint.npz", args.fd, runs / "judge.npz")
+                print(row(results[-1]), flush=True)
+                Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

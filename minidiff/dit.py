@@ -1,4 +1,4 @@
-"""A later stage 2 — the denoiser as a transformer over image patches (DiT).
+"""Stage 2, its later form — the denoiser as a transformer over image patches (DiT).
 
 Since 2023 the field's denoisers have moved from convolutional U-Nets to plain
 transformers: cut the noisy image into p x p patches, treat each patch as a
@@ -17,11 +17,13 @@ minidiff cannot tell them apart:
     summary (B, D),
 and predicts what the model's objective asks for, shaped like x_t.
 
-Text enters twice, as in PixArt-α (Chen et al. 2023, sec. 2.3), the DiT made
-text-to-image: each block has a cross-attention from its patches to the
-caption's tokens (DiT conditioned only on a class label), and the pooled
-caption joins the noise level in the conditioning vector. The adaptive norms
-are PixArt-α's "adaLN-single": one projection of the conditioning, shared by
+Text enters twice. Each block has a cross-attention from its patches to the
+caption's tokens, as in PixArt-α (Chen et al. 2023, sec. 2.3), the DiT made
+text-to-image (DiT itself was conditioned on a class label). And, unlike
+PixArt-α, whose adaptive norms see the noise level alone, the pooled caption
+joins the noise level in the conditioning vector, as it does in minidiff's
+U-Net (and in SD3, Esser et al. 2024). The adaptive norms are PixArt-α's
+"adaLN-single": one projection of the conditioning, shared by
 every block, plus a small learned table per block, in place of DiT's own
 projection in every block (about a quarter of DiT's parameters, PixArt-α sec. 2.3). Everything that
 writes into the residual stream starts at zero (the gates, the cross-attention's

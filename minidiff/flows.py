@@ -19,18 +19,20 @@ there; "uniform" is the plain choice.
 
 Sampling integrates the ODE backwards from t = 1 in equal steps of t: Euler
 (one network call per step) or Heun (a trial Euler step, then the average of
-the slopes at both ends; two calls). A flow is diffusion in other clothes:
+the slopes at both ends; two calls, counted as `sampling.function_evaluations`
+counts them). A flow is diffusion in other clothes:
 x_t / (1 - t) = x0 + sigma eps with sigma = t / (1 - t), Karras et al.'s
 variable, so a flow is a diffusion model with another schedule and another
-output — and an Euler step on the straight path is exactly a DDIM step
-(`sampling.ddim_step`) with the same predictions. What differs is what the
+output: x_t / sqrt((1 - t)^2 + t^2) is a variance-preserving x_t with
+alpha_bar = (1 - t)^2 / ((1 - t)^2 + t^2), and in those coordinates an Euler
+step on the straight path is exactly a DDIM step (`sampling.ddim_step`) with
+the same x0 prediction. What differs is what the
 network is asked to learn, and which paths the ODE's solutions take.
 Classifier-free guidance and clipping of the x0 prediction work as in
 `minidiff.sampling`: the velocity, x0 and eps are affine in one another for a
 fixed x_t.
 """
 
-import math
 from functools import partial
 
 import jax
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minidiff.sampling import X0_CLIPPINGS, dynamic_threshold, guided_output
+from minidiff.sampling import check_rows, check_shared_settings, dynamic_threshold, guided_output
 
 VELOCITY = "velocity"  # what a flow's network predicts: eps - x0
 FLOW_SAMPLERS = ("euler", "heun")
@@ -90,19 +92,7 @@ def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, x0
     """Raise a ValueError that says what is wrong with settings no flow sampler can run."""
     if sampler not in FLOW_SAMPLERS:
         raise ValueError(f"a flow model samples with one of {FLOW_SAMPLERS}, not {sampler!r}")
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"{sampler} needs a whole number of steps of at least 1, got {num_steps!r}")
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"the guidance scale must be a finite number (1 = none, 0 = ignore the caption), "
-                         f"got {guidance_scale}")
-    if x0_clipping not in X0_CLIPPINGS:
-        raise ValueError(f"unknown x0 clipping {x0_clipping!r}: choose one of {X0_CLIPPINGS}")
-
-
-def function_evaluations(sampler: str, num_steps: int) -> int:
-    """Network calls per image (NFE), counted as `sampling.function_evaluations` counts them: Heun's
-    last step, which lands on t = 0, is a plain Euler step."""
-    return 2 * num_steps - 1 if sampler == "heun" else num_steps
+    check_shared_settings(sampler, num_steps, 1, guidance_scale, x0_clipping)
 
 
 def time_grid(num_steps: int) -> np.ndarray:
@@ -165,9 +155,7 @@ def sample(model, noise, token_ids, empty_ids, key=None, *, num_steps: int = 50,
     """
     del key  # an ODE solver draws no noise
     check_settings(sampler, num_steps, guidance_scale, x0_clipping)
-    if empty_ids.shape != token_ids.shape or noise.shape[0] != token_ids.shape[0]:
-        raise ValueError(f"noise {noise.shape}, token_ids {token_ids.shape} and empty_ids {empty_ids.shape} must "
-                         "have one row per image, and the ids one shape (B, L): use tokenizer.empty(B)")
+    check_rows(noise, token_ids, empty_ids)
     images, trajectory = _sample_loop(
         model, jnp.asarray(time_grid(num_steps), jnp.float32), token_ids, empty_ids, noise,
         jnp.float32(guidance_scale), sampler=sampler, guided=guidance_scale != 1.0, x0_clipping=x0_clipping,

@@ -40,8 +40,8 @@ SAMPLERS_OF = {"diffusion": ("ddim", *(s for s in sampling.SAMPLERS if s != "ddi
 ALL_SAMPLERS = tuple(dict.fromkeys(s for samplers in SAMPLERS_OF.values() for s in samplers))
 
 
-def check_settings(objective: str, sampler: str | None, steps: int, guidance: float, eta: float,
-                   x0_clipping: str) -> str:
+def checked_sampler(objective: str, sampler: str | None, steps: int, guidance: float, eta: float,
+                    x0_clipping: str) -> str:
     """A ValueError that says what is wrong with settings a model of this objective cannot sample with;
     else the sampler to use (its objective's first when `sampler` is None)."""
     sampler = sampler or SAMPLERS_OF[objective][0]
@@ -54,6 +54,8 @@ def check_settings(objective: str, sampler: str | None, steps: int, guidance: fl
     else:
         sampling.check_settings(sampler, steps, guidance, eta, x0_clipping)
     return sampler
+
+
 # A stage after the generator: (images (N, H, W, C) in [-1, 1], their captions, seed) -> new images.
 # A stage that draws noise derives its own keys from the seed, so that they differ from the generator's.
 Stage = Callable[[np.ndarray, list[str], int], np.ndarray]
@@ -74,13 +76,13 @@ class Generator:
     @staticmethod
     def settings(objective: str = "diffusion", **given) -> dict:
         """`sample`'s SAMPLING_SETTINGS for a model of this objective: those given and the defaults of
-        the others, checked (`check_settings`), so that bad ones stop a caller before it does anything slow."""
+        the others, checked (`checked_sampler`), so that bad ones stop a caller before it does anything slow."""
         unknown = set(given) - set(SAMPLING_SETTINGS)
         if unknown:
             raise TypeError(f"{', '.join(sorted(unknown))}: not among the sampling settings {SAMPLING_SETTINGS}")
         parameters = inspect.signature(Generator.sample).parameters
         settings = {name: parameters[name].default for name in SAMPLING_SETTINGS} | given
-        settings["sampler"] = check_settings(objective, settings["sampler"], settings["steps"], settings["guidance"],
+        settings["sampler"] = checked_sampler(objective, settings["sampler"], settings["steps"], settings["guidance"],
                                              settings["eta"], settings["x0_clipping"])
         return settings
 
@@ -106,7 +108,7 @@ class Generator:
         `sampler` is one of the model's objective's (`SAMPLERS_OF`; None: DDIM for diffusion,
         Euler for a flow); the other settings are `minidiff.sampling.sample`'s.
         """
-        sampler = check_settings(self.objective, sampler, steps, guidance, eta, x0_clipping)
+        sampler = checked_sampler(self.objective, sampler, steps, guidance, eta, x0_clipping)
         captions = list(captions)
         if not captions:
             raise ValueError("no captions to draw: give at least one")

@@ -60,6 +60,9 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Also reads headers written before DiTs and flows existed: a U-Net trained with diffusion."""
         backbone = d.get("backbone", "unet")
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r} in a saved model config: this minidiff knows "
+                             f"{tuple(BACKBONES)}")
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d[backbone].items()}
         if backbone == "unet":
             fields.setdefault("modulated_output_norm", False)  # checkpoints from before the option have a plain one
@@ -81,9 +84,9 @@ UNET_PRESETS = {
         attention_resolutions=(16, 8), heads=8, groups=32, cond_dim=512, caption_dim=256,
     ),
 }
-# Transformers of about the FLOPs per image of the U-Net preset of the same name at 32 px (XLA's count of
-# the forward pass: `minidiff bench --backbone unet dit` prints both). Cheap ones cut 4 x 4 patches:
-# 64 tokens at 32 px. Their text encoders are the U-Net's.
+# Transformers of about the FLOPs per image of the U-Net preset of the same name at 32 px (XLA's cost
+# analysis of one forward pass; the README's "Transformers and flows" has the counts). The cheap ones cut
+# 4 x 4 patches: 64 tokens at 32 px. Their text encoders are the U-Net's.
 DIT_PRESETS = {
     "tiny": DiTConfig(patch_size=4, width=64, depth=4, heads=2, caption_dim=32),
     "small": DiTConfig(patch_size=4, width=128, depth=5, heads=4, caption_dim=128),
@@ -102,6 +105,9 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
         raise ValueError(f"unknown backbone {backbone!r}: choose one of {tuple(BACKBONES)}")
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: choose one of {tuple(OBJECTIVES)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(BACKBONES[backbone])}
+    if unknown:
+        raise ValueError(f"a {backbone} has no setting {', '.join(sorted(unknown))}")
     if backbone == "dit":
         denoiser = dataclasses.replace(DIT_PRESETS[name], image_size=image_size, **overrides)
     else:

@@ -53,21 +53,32 @@ X0_CLIPPINGS = ("static", "dynamic", "none")
 DYNAMIC_THRESHOLD_PERCENTILE = 99.5  # Imagen's p (Saharia et al. 2022, sec. 2.3)
 
 
-def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, eta: float = 0.0,
-                   x0_clipping: str = "static") -> None:
-    """Raise a ValueError that says what is wrong with settings no sampler can run."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
-    fewest = 2 if sampler in SECOND_ORDER else 1
+def check_shared_settings(sampler: str, num_steps: int, fewest: int, guidance_scale: float, x0_clipping: str) -> None:
+    """The checks of every sampler, of diffusion (`check_settings`) or of a flow (`minidiff.flows`)."""
     if not isinstance(num_steps, (int, np.integer)) or num_steps < fewest:
         raise ValueError(f"{sampler} needs a whole number of steps of at least {fewest}, got {num_steps!r}")
     if not math.isfinite(guidance_scale):
         raise ValueError(f"the guidance scale must be a finite number (1 = none, 0 = ignore the caption), "
                          f"got {guidance_scale}")
-    if not 0.0 <= eta <= 1.0:  # also false for NaN
-        raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {eta}")
     if x0_clipping not in X0_CLIPPINGS:
         raise ValueError(f"unknown x0 clipping {x0_clipping!r}: choose one of {X0_CLIPPINGS}")
+
+
+def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, eta: float = 0.0,
+                   x0_clipping: str = "static") -> None:
+    """Raise a ValueError that says what is wrong with settings no sampler can run."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
+    check_shared_settings(sampler, num_steps, 2 if sampler in SECOND_ORDER else 1, guidance_scale, x0_clipping)
+    if not 0.0 <= eta <= 1.0:  # also false for NaN
+        raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {eta}")
+
+
+def check_rows(noise, token_ids, empty_ids) -> None:
+    """One row of noise, caption ids and empty-caption ids per image, or a ValueError that says so."""
+    if empty_ids.shape != token_ids.shape or noise.shape[0] != token_ids.shape[0]:
+        raise ValueError(f"noise {noise.shape}, token_ids {token_ids.shape} and empty_ids {empty_ids.shape} must "
+                         "have one row per image, and the ids one shape (B, L): use tokenizer.empty(B)")
 
 
 def dynamic_threshold(x0_pred, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE):
@@ -85,7 +96,8 @@ def dynamic_threshold(x0_pred, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE)
 
 
 def function_evaluations(sampler: str, num_steps: int) -> int:
-    """Network calls per image (NFE); guidance's two passes are batched into one call."""
+    """Network calls per image (NFE), of these samplers and of a flow's (`minidiff.flows`); guidance's two
+    passes are batched into one call."""
     return 2 * num_steps - 1 if sampler == "heun" else num_steps  # Heun's last step is a plain Euler step
 
 
@@ -303,9 +315,7 @@ def sample(
     sampled there (`minidiff.generator.Generator` does that).
     """
     check_settings(sampler, num_steps, guidance_scale, eta, x0_clipping)
-    if empty_ids.shape != token_ids.shape or noise.shape[0] != token_ids.shape[0]:
-        raise ValueError(f"noise {noise.shape}, token_ids {token_ids.shape} and empty_ids {empty_ids.shape} must "
-                         "have one row per image, and the ids one shape (B, L): use tokenizer.empty(B)")
+    check_rows(noise, token_ids, empty_ids)
     levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
     key = jax.random.key(0) if key is None else key
     images, trajectory = _sample_loop(

@@ -55,11 +55,13 @@ class TrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     horizontal_flip: bool = False  # mirror half of each batch (only where captions say nothing of left and right)
-    schedule: str = "cosine"  # one of corruption.SCHEDULES (diffusion models)
-    time_sampling: str = "logit_normal"  # one of flows.TIME_SAMPLINGS: where a flow model's t are drawn
+    # Diffusion models only (a flow's path and plain squared error need none of these):
+    schedule: str = "cosine"  # one of corruption.SCHEDULES
     num_timesteps: int = 1000
     loss_weighting: str = "clipped_snr"  # one of LOSS_WEIGHTINGS (see `loss_weight`)
     min_snr_gamma: float = 5.0  # the cap of both SNR weightings
+    # Flow models only: one of flows.TIME_SAMPLINGS, where their training times t are drawn.
+    time_sampling: str = "logit_normal"
     precision: str = "float32"  # one of PRECISIONS; "bfloat16": bf16 compute, float32 master weights
     seed: int = 0
     log_every: int = 10  # steps between progress-bar updates (each one waits for the device)

@@ -126,6 +126,8 @@ def test_the_demo_trains_draws_its_grid_and_grades_itself(tmp_path, capsys, monk
     assert main(["demo", "--preset", "tiny", "--image-size", "16", "--num-images", "32", "--steps", "2",
                  "--batch-size", "4", "--seed", "3", "--out", str(out), "--quiet"]) == 0
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "checkpoint.npz").is_file()
+    header = Checkpoint(out / "checkpoint.npz").header["model_config"]  # the recipe's model, unless told otherwise
+    assert (header["backbone"], header["objective"]) == (DEMO_RECIPE["backbone"], DEMO_RECIPE["objective"])
     printed = capsys.readouterr().out
     assert f"wrote {(out / 'demo.png').resolve()}" in printed
     grid = len(DEMO_CAPTIONS) * defaults_of(draw_grid)["per_caption"]
@@ -196,6 +198,11 @@ def test_a_dit_trained_as_a_flow_samples_with_euler_and_resumes_only_as_itself(t
     assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower", "--steps", "3",
                  "--per-caption", "2", "--out", str(grid)]) == 0
     assert grid.is_file()
+    evaluation = tmp_path / "evaluation"
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoint.npz"), "--num-samples", "4", "--sampler", "heun",
+                 "--steps", "2", "--judge-steps", "2", "--out", str(evaluation), "--quiet"]) == 0
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert (metrics["sampler"], metrics["nfe"]) == ("heun", 3)
     for extra, message in ((["--sampler", "ddim"], "a flow model samples with one of ('euler', 'heun'), not 'ddim'"),
                            (["--eta", "0.5"], "a flow's samplers are deterministic")):
         assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",

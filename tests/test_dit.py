@@ -87,6 +87,8 @@ def test_bad_dit_configs_are_clear_errors(tokenizer):
         preset("tiny", 10, backbone="vit")
     with pytest.raises(ValueError, match="unknown objective 'score'"):
         preset("tiny", 10, objective="score")
+    with pytest.raises(ValueError, match="a dit has no setting attention_resolutions"):
+        preset("tiny", 10, backbone="dit", attention_resolutions=(8,))
     with pytest.raises(ValueError, match="a flow model cannot predict 'v'"):
         dataclasses.replace(preset("tiny", 10, objective="flow"), prediction="v")
 

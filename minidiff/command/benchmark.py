@@ -182,8 +182,8 @@ def _percent(x):
 
 def format_row(r: dict) -> str:
     sampling = f"{r['sample_images_per_s']:.0f}" if "sample_images_per_s" in r else "-"
-    row = (f"| {r['backbone']} {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} | {r['precision']} "
-           f"| {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} "
+    row = (f"| {r['backbone']} {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} "
+           f"| {r['precision']} | {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} "
            f"| {r['achieved_tflop_per_s']:.3f} | {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
     if "speedup" in r:
         peer_sampling = f"{r['peer_sample_images_per_s']:.0f}" if "peer_sample_images_per_s" in r else "-"

@@ -46,15 +46,17 @@ DEMO_CAPTIONS = (
     "a red bird with black wings",  # never seen together in training
     "a blue bird with white wings",  # never seen together in training
 )
-# The demo trains for minutes, not steps, so that it ends in time on any CPU. Its recipe won a measured
-# race on that budget (`benchmarks/demo_race.py`; the README's "The demo" has the table): the tiny U-Net
-# makes several times the steps of the small one in the same minutes, and in a budget this short steps
-# matter more than width; batches of 32 buy more steps again; and attention in the blocks of its 8x8
-# level (at 32 px, the lowest; by default only its middle block attends) lets the caption colour a
-# flower's centre or a bird's wing, not only the whole object. Guidance stronger than usual, which a
-# briefly trained model follows its captions more often with.
+# The demo trains for minutes, not steps, so that it ends in time on any CPU. Its recipe won measured
+# races on that budget (`benchmarks/demo_race.py`; the README's "The demo" and "Transformers and flows"
+# have the tables). The tiny presets make several times the steps of the small ones in the same minutes,
+# and in a budget this short steps matter more than width; batches of 32 buy more steps again. Of the
+# tiny models, the DiT trained as a straight-line flow follows its captions best. With --backbone unet,
+# its U-Net attends in the blocks of its 8x8 level too (at 32 px, the lowest; by default only its middle
+# block attends), which lets the caption colour a flower's centre or a bird's wing, not only the whole
+# object. Guidance stronger than usual, which a briefly trained model follows its captions more often with.
 DEMO_MINUTES = 5.0
-DEMO_RECIPE = {"preset": "tiny", "attention_at": [8], "batch_size": 32, "learning_rate": 3e-3}
+DEMO_RECIPE = {"preset": "tiny", "backbone": "dit", "objective": "flow", "attention_at": [8], "batch_size": 32,
+               "learning_rate": 3e-3}
 DEMO_GUIDANCE = 5.0
 DEMO_GRADED_IMAGES = 96  # per split: images the demo draws to grade itself
 
@@ -82,7 +84,8 @@ def grade_demo(generator: Generator, num_images: int = DEMO_GRADED_IMAGES, **set
 def cmd_demo(args):
     start = time.perf_counter()
     settings = sampling_settings(args)
-    Generator.settings(args.objective or "diffusion", **settings)  # checked before minutes of training, not after
+    objective = args.objective or args.recipe.get("objective", "diffusion")
+    Generator.settings(objective, **settings)  # checked before minutes of training, not after
     state = run_training(args, DEMO_CAPTIONS)
     out = Path(args.out)
     save_loss_curve(state.losses, out / "loss.png")
@@ -202,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.set_defaults(run=cmd_sample)
 
     adh = commands.add_parser("adherence", help="measure how often samples show what their captions ask (embedded data)",
-                              description="Generate images (DDIM) for captions of the embedded test and held-out splits "
+                              description="Generate images for captions of the embedded test and held-out splits "
                               "and measure, per attribute, the fraction whose drawn colours match the caption (the "
                               "pixel judge).")
     adh.add_argument("--checkpoint", required=True, help="a checkpoint trained on the embedded dataset")

@@ -27,7 +27,8 @@ from minidiff.training import PRECISIONS, TrainConfig
 
 # The TrainConfig fields the command sets; the others keep their defaults. The run's length (steps or
 # minutes) is set apart: see `run_length`.
-TRAIN_OPTIONS = ("batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision", "time_sampling")
+TRAIN_OPTIONS = ("batch_size", "learning_rate", "seed", "sample_every", "checkpoint_every", "precision",
+                 "time_sampling")
 
 
 def at_least(smallest: int):
@@ -97,8 +98,8 @@ def train_config(args, default_length: dict) -> TrainConfig:
 
 def add_training_options(p, length: dict, out: str, sample_every: int, recipe: dict | None = None):
     """The options of `train` and `demo`, which differ in their defaults for these: `length` is
-    {"steps": N} or {"minutes": M}; `recipe` may set the defaults of preset, attention_at, batch_size
-    and learning_rate."""
+    {"steps": N} or {"minutes": M}; `recipe` may set the defaults of preset, backbone, objective,
+    attention_at (for a U-Net), batch_size and learning_rate."""
     recipe = recipe or {}
     given = lambda name: {"default": recipe[name]} if name in recipe else {}  # noqa: E731
     data = p.add_argument_group("data")
@@ -123,10 +124,11 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
     model.add_argument("--preset", default=recipe.get("preset", "small"), choices=PRESETS,
                        help="model size: tiny (tests, the demo), small (CPU), base (GPU) (default: %(default)s)")
     model.add_argument("--backbone", choices=tuple(BACKBONES), help="the denoiser: unet, or dit (a transformer over "
-                       "2x2 patches of about the same FLOPs) (default: unet; with --resume, the run's own)")
+                       "patches, 4x4 px in the tiny and small presets, 2x2 in base; about the U-Net's FLOPs) "
+                       f"(default: {recipe.get('backbone', 'unet')}; with --resume, the run's own)")
     model.add_argument("--objective", choices=tuple(OBJECTIVES), help="diffusion (the network predicts eps, x0 or v "
                        "of the noised image), or flow (the straight path from image to noise; it predicts the "
-                       "velocity) (default: diffusion; with --resume, the run's own)")
+                       f"velocity) (default: {recipe.get('objective', 'diffusion')}; with --resume, the run's own)")
     attention_default = (" ".join(map(str, recipe["attention_at"])) if "attention_at" in recipe else
                          "the preset's: " + "; ".join(f"{name} {' '.join(map(str, unet.attention_resolutions))}"
                                                       for name, unet in UNET_PRESETS.items()))
@@ -145,7 +147,7 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
                         help="train for this many minutes, however many steps they buy; the learning rate's warm-up "
                         "and decay follow the time spent, and compiling and sample grids are not counted "
                         f"(default: {default})")
-    p.set_defaults(default_length=length, recipe_attention_at=recipe.get("attention_at"))
+    p.set_defaults(default_length=length, recipe=recipe)
     field_option(training, TrainConfig, "batch_size", "images per step", **given("batch_size"))
     field_option(training, TrainConfig, "learning_rate", "peak AdamW learning rate", **given("learning_rate"))
     field_option(training, TrainConfig, "seed", "seed of initialisation, batches and noise")

@@ -57,10 +57,11 @@ def load_training_data(args, image_size: int) -> CaptionedImages:
 def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
     """The model --preset, --backbone, --objective, --image-size, --attention-at and --prediction ask for,
     reading `tokenizer`'s words."""
-    backbone, objective = args.backbone or "unet", args.objective or "diffusion"
+    backbone = args.backbone or args.recipe.get("backbone", "unet")
+    objective = args.objective or args.recipe.get("objective", "diffusion")
     overrides = {}
-    if args.attention_at and not (backbone != "unet" and args.attention_at == args.recipe_attention_at):
-        if backbone != "unet":  # the demo's recipe places the U-Net's attention: a DiT ignores it
+    if args.attention_at and not (backbone != "unet" and args.attention_at == args.recipe.get("attention_at")):
+        if backbone != "unet":  # the demo's recipe places a U-Net's attention: a DiT ignores it
             raise ValueError("--attention-at places the U-Net's attention; every block of a DiT attends")
         overrides["attention_resolutions"] = tuple(args.attention_at)
     config = preset(args.preset, tokenizer.vocab_size, image_size=args.image_size, max_length=tokenizer.max_length,
@@ -81,7 +82,6 @@ def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) ->
     """The run saved in --out (with --resume), or a new model for this dataset's captions."""
     if args.resume:
         state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
-        check_resumed_model(args, state.model.config)
         length = f"{state.trained_seconds:.0f} s of {60 * config.minutes:.0f}" if config.minutes else \
             f"step {state.step} of {config.steps}"
         print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
@@ -112,12 +112,10 @@ def training_mesh(data_parallel: bool, batch_size: int):
     return mesh
 
 
-def image_size_to_train(args) -> int:
-    """--image-size, or the size of the run being resumed."""
-    if not args.resume:
-        return args.image_size
-    (model_config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("model_config", kind="training run")
-    return ModelConfig.from_dict(model_config).denoiser.image_size
+def saved_model_config(args) -> ModelConfig:
+    """The model of the run --resume continues."""
+    (config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("model_config", kind="training run")
+    return ModelConfig.from_dict(config)
 
 
 def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, count: int = 4) -> list[str]:
@@ -145,9 +143,11 @@ def run_training(args, preferred_captions) -> TrainState:
     `preferred_captions` the model knows every word of (else a few of the dataset's own)."""
     # The settings are checked before anything slow happens.
     config = train_config(args, saved_length(args) if args.resume else args.default_length)
-    if not args.resume:
+    if args.resume:
+        check_resumed_model(args, saved_model_config(args))
+    else:
         model_config(args, Tokenizer(SPECIAL_TOKENS))  # the model's too (its words are not known yet)
-    dataset = load_training_data(args, image_size_to_train(args))
+    dataset = load_training_data(args, saved_model_config(args).denoiser.image_size if args.resume else args.image_size)
     config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
     state = new_or_resumed_state(args, dataset, config)
     print(describe_model(state, "(from checkpoint)" if args.resume else args.preset))

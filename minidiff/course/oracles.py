@@ -1,4 +1,5 @@
-"""Denoisers whose answer is known in closed form, for checking samplers (of diffusion, and of flows).
+"""Denoisers whose answer is known in closed form, for checking samplers (of diffusion, and of flows),
+and for drawing the paths they take (a few points in the plane, chapter 10).
 
 For data x0 ~ N(0, s^2 I), the best possible x0 prediction from
 x_t = a x0 + sqrt(1 - a^2) eps (a = sqrt(alpha_bar)) is linear:
@@ -13,6 +14,7 @@ sqrt(s^2 + sigma^2) z, with sigma^2 = (1 - alpha_bar) / alpha_bar.
 
 import types
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -25,7 +27,8 @@ class GaussianOracle(nnx.Module):
 
     def __init__(self, std: float = 0.3, image_size: int = 4):
         self.std = std
-        self.config = types.SimpleNamespace(prediction="x0", objective="diffusion", denoiser=types.SimpleNamespace(image_size=image_size, channels=3))
+        self.config = types.SimpleNamespace(prediction="x0", objective="diffusion",
+                                            denoiser=types.SimpleNamespace(image_size=image_size, channels=3))
 
     def encode_captions(self, token_ids):
         return (jnp.zeros(token_ids.shape + (1,)),)
@@ -56,3 +59,36 @@ class GaussianFlowOracle(GaussianOracle):
     def denoise(self, xt, t, caption):
         t = t.reshape(-1, 1, 1, 1)
         return (t - (1 - t) * self.std**2) / ((1 - t) ** 2 * self.std**2 + t**2) * xt
+
+
+def point_cloud_x0(x, points, signal, noise):
+    """E[x0 | x] for x = signal x0 + noise eps, x0 drawn uniformly from `points` (K, D): each point
+    weighted by how likely it makes x, a softmax of -|x - signal p|^2 / (2 noise^2). x: (N, D) -> (N, D);
+    signal and noise are numbers or one per row."""
+    signal, noise = jnp.reshape(signal, (-1, 1, 1)), jnp.reshape(noise, (-1, 1))
+    logits = -jnp.sum((x[:, None] - signal * points[None]) ** 2, axis=-1) / (2 * noise**2)  # (N, K)
+    return jax.nn.softmax(logits, axis=1) @ points
+
+
+class PointCloudOracle(nnx.Module):
+    """The exact denoiser of data made of a few points in D dimensions (images of shape (1, 1, D)), under
+    diffusion with the cosine schedule (it predicts x0) or as a straight-line flow (the velocity): low-
+    dimensional data whose sampling paths can be drawn. Has the interface samplers call; ignores captions."""
+
+    def __init__(self, points, objective: str = "diffusion"):
+        self.points = jnp.asarray(points, jnp.float32)
+        prediction = "x0" if objective == "diffusion" else "velocity"
+        self.config = types.SimpleNamespace(prediction=prediction, objective=objective,
+                                            denoiser=types.SimpleNamespace(image_size=1, channels=self.points.shape[1]))
+
+    def encode_captions(self, token_ids):
+        return (jnp.zeros(token_ids.shape + (1,)),)
+
+    def denoise(self, xt, t, caption):
+        x = xt.reshape(xt.shape[0], -1)
+        t = t.reshape(-1, 1)
+        if self.config.objective == "diffusion":
+            alpha_bar = cosine_alpha_bar(t)
+            return point_cloud_x0(x, self.points, jnp.sqrt(alpha_bar), jnp.sqrt(1 - alpha_bar)).reshape(xt.shape)
+        x0 = point_cloud_x0(x, self.points, 1 - t, t)
+        return ((x - x0) / t).reshape(xt.shape)  # the velocity eps - x0 that x_t = (1 - t) x0 + t eps implies

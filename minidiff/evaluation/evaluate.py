@@ -117,7 +117,7 @@ def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, 
         raise ValueError("need at least 2 samples to fit the statistics")
     captions = [options[0] for options in reference.captions[:num_samples]]
     images = to_uint8(generator.sample(captions, truncate=True, progress=progress, **sampling))
-    settings = Generator.settings(**sampling)
+    settings = Generator.settings(generator.objective, **sampling)
     metrics = {"sampler": settings["sampler"], "steps": settings["steps"],
                "nfe": function_evaluations(settings["sampler"], settings["steps"]), "guidance": settings["guidance"],
                "num_samples": num_samples, "reference": reference.name}
