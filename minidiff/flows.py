@@ -26,8 +26,8 @@ variable, so a flow is a diffusion model with another schedule and another
 output: x_t / sqrt((1 - t)^2 + t^2) is a variance-preserving x_t with
 alpha_bar = (1 - t)^2 / ((1 - t)^2 + t^2), and in those coordinates an Euler
 step on the straight path is exactly a DDIM step (`sampling.ddim_step`) with
-the same x0 prediction. What differs is what the
-network is asked to learn, and which paths the ODE's solutions take.
+the same x0 prediction. What differs is what the network is asked to learn,
+and which paths the ODE's solutions take.
 Classifier-free guidance and clipping of the x0 prediction work as in
 `minidiff.sampling`: the velocity, x0 and eps are affine in one another for a
 fixed x_t.
