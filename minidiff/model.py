@@ -108,10 +108,9 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     unknown = set(overrides) - {f.name for f in dataclasses.fields(BACKBONES[backbone])}
     if unknown:
         raise ValueError(f"a {backbone} has no setting {', '.join(sorted(unknown))}")
-    if backbone == "dit":
-        denoiser = dataclasses.replace(DIT_PRESETS[name], image_size=image_size, **overrides)
-    else:
-        denoiser = dataclasses.replace(UNET_PRESETS[name], image_size=image_size, **overrides)
+    denoiser = dataclasses.replace((DIT_PRESETS if backbone == "dit" else UNET_PRESETS)[name], image_size=image_size,
+                                   **overrides)
+    if backbone == "unet":
         # Only sizes the user asked for are checked: a preset's own may miss at another image size
         # (the small preset at 64 px has no 4x4 level, so it attends in the middle only).
         missing = set(overrides.get("attention_resolutions", ())) - set(denoiser.level_sizes)
