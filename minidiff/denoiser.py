@@ -7,6 +7,8 @@ The network (Ronneberger et al. 2015, as adapted for diffusion by Ho et al.
   - the caption as token embeddings (B, L, D), their mask (B, L) and a pooled
     summary (B, D) (from `minidiff.captions.TextEncoder`),
 and predicts eps, x0 or v (see `minidiff.corruption.x0_and_eps`), shaped like x_t.
+An upscaler's U-Net (a cascade's later stage, `minidiff.superres`) also takes a
+low-resolution image, as extra input channels beside x_t, and its noise level.
 
 Reading order, smallest piece first: the noise-level embedding, a residual
 block, an attention block (self-attention over image positions,
@@ -143,6 +145,9 @@ class UNetConfig:
     # Peebles & Xie 2023, sec. 3.2). See `UNet.__call__` for why. False: a plain GroupNorm, as in
     # diffusers' UNet2DConditionModel (and in checkpoints written before this option existed).
     modulated_output_norm: bool = True
+    # An upscaler's (`minidiff.superres`): the channels of the low-resolution image concatenated to x_t.
+    # 0: a base model, which sees x_t alone.
+    low_res_channels: int = 0
 
     @property
     def level_sizes(self) -> tuple[int, ...]:
@@ -209,7 +214,9 @@ class UNet(nnx.Module):
         self.cond_in = nnx.Linear(c.widths[0], c.cond_dim, rngs=rngs)
         self.cond_out = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
         self.caption_to_cond = nnx.Linear(c.caption_dim, c.cond_dim, rngs=rngs)
-        self.stem = nnx.Conv(p * p * c.channels, c.widths[0], (3, 3), rngs=rngs)
+        self.stem = nnx.Conv(p * p * (c.channels + c.low_res_channels), c.widths[0], (3, 3), rngs=rngs)
+        # An upscaler is told how much noise its low-res image carries, as it is told t.
+        self.low_res_level_to_cond = nnx.Linear(c.widths[0], c.cond_dim, rngs=rngs) if c.low_res_channels else None
 
         # The down path: remember the width of every activation kept for a skip.
         skip_widths, width, size = [c.widths[0]], c.widths[0], c.image_size // p
@@ -245,14 +252,22 @@ class UNet(nnx.Module):
         self.out_cond = nnx.Linear(c.cond_dim, 2 * width, rngs=rngs) if c.modulated_output_norm else None
         self.out = nnx.Conv(width, p * p * c.channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
+    def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled, low_res=None, low_res_level=None):
+        """An upscaler also takes low_res (B, H, W, low_res_channels), its low-resolution image upsampled to
+        x_t's size, and that image's noise level (B,) (`minidiff.superres.low_res_condition`)."""
         c = self.config
         # Sinusoids as many as the first level's channels, then an MLP up to cond_dim (as Stable Diffusion does).
         cond = noise_level_embedding(t, c.widths[0]).astype(xt.dtype)  # bfloat16 too, under mixed precision
         cond = self.cond_out(jax.nn.silu(self.cond_in(cond))) + self.caption_to_cond(caption_pooled)  # (B, cond_dim)
         caption = (caption_tokens, caption_mask)
+        inputs = xt
+        if self.low_res_level_to_cond is not None:
+            if low_res is None or low_res_level is None:
+                raise ValueError("an upscaler's U-Net needs its low-resolution image and that image's noise level")
+            cond = cond + self.low_res_level_to_cond(noise_level_embedding(low_res_level, c.widths[0]).astype(xt.dtype))
+            inputs = jnp.concatenate([xt, low_res.astype(xt.dtype)], axis=-1)  # (B, H, W, C + low_res_channels)
 
-        h = self.stem(space_to_depth(xt, c.patch_size))  # (B, H/p, W/p, widths[0])
+        h = self.stem(space_to_depth(inputs, c.patch_size))  # (B, H/p, W/p, widths[0])
         skips = [h]
         for i, level in enumerate(self.down):
             h = level(h, cond, caption, keep_skips=skips)

@@ -73,15 +73,17 @@ def sample_times(key, batch: int, how: str = "logit_normal"):
     raise ValueError(f"unknown time sampling {how!r}: choose one of {TIME_SAMPLINGS}")
 
 
-def flow_loss(model, x0, token_ids, key, time_sampling: str = "logit_normal", dtype=jnp.float32):
+def flow_loss(model, x0, token_ids, key, time_sampling: str = "logit_normal", dtype=jnp.float32,
+              low_res_condition=()):
     """The flow-matching loss on one batch: the mean squared error of the predicted velocity.
 
     x0 (B, H, W, C) in [-1, 1], token_ids (B, L); the network runs on x_t in `dtype`
-    (bfloat16 under mixed precision, with `model` cast by the caller)."""
+    (bfloat16 under mixed precision, with `model` cast by the caller). An upscaler is also shown
+    its low-res image and that image's noise level (`minidiff.superres.training_condition`)."""
     t_key, eps_key = jax.random.split(key)
     t = sample_times(t_key, x0.shape[0], time_sampling)
     eps = jax.random.normal(eps_key, x0.shape)
-    output = model(interpolate(x0, eps, t).astype(dtype), t, token_ids).astype(jnp.float32)
+    output = model(interpolate(x0, eps, t).astype(dtype), t, token_ids, *low_res_condition).astype(jnp.float32)
     return jnp.mean((output - velocity_target(x0, eps)) ** 2)
 
 
@@ -113,10 +115,11 @@ def heun_step(velocity_at, x, velocity, t, s):
 
 
 @partial(nnx.jit, static_argnames=("sampler", "guided", "x0_clipping", "keep_trajectory"))
-def _sample_loop(model, times, token_ids, empty_ids, noise, guidance_scale, sampler: str, guided: bool,
-                 x0_clipping: str, keep_trajectory: bool):
-    caption = model.encode_captions(token_ids)  # once, reused at every step
-    empty_caption = model.encode_captions(empty_ids)
+def _sample_loop(model, times, token_ids, empty_ids, low_res_condition, noise, guidance_scale, sampler: str,
+                 guided: bool, x0_clipping: str, keep_trajectory: bool):
+    # Once, reused at every step; an upscaler's low-res image goes with the caption and without it alike.
+    caption = (*model.encode_captions(token_ids), *low_res_condition)
+    empty_caption = (*model.encode_captions(empty_ids), *low_res_condition)
     batch = noise.shape[0]
 
     def velocity_at(x, t):
@@ -146,18 +149,20 @@ def _sample_loop(model, times, token_ids, empty_ids, noise, guidance_scale, samp
 
 
 def sample(model, noise, token_ids, empty_ids, key=None, *, num_steps: int = 50, sampler: str = "euler",
-           guidance_scale: float = 1.0, x0_clipping: str = "static", keep_trajectory: bool = False):
+           guidance_scale: float = 1.0, x0_clipping: str = "static", keep_trajectory: bool = False,
+           low_res_condition=()):
     """Integrate a flow model's ODE from `noise` (B, H, W, C) at t = 1 to images at t = 0; (B, H, W, C).
 
     The same interface as `minidiff.sampling.sample`, without a noise schedule (the path is the
     straight line) or eta (both samplers are deterministic; `key` is accepted and unused). With
-    keep_trajectory, also returns the x0 prediction at every step, (num_steps, B, H, W, C).
+    keep_trajectory, also returns the x0 prediction at every step, (num_steps, B, H, W, C). An upscaler
+    takes its `low_res_condition` too (`minidiff.superres.low_res_condition`).
     """
     del key  # an ODE solver draws no noise
     check_settings(sampler, num_steps, guidance_scale, x0_clipping)
     check_rows(noise, token_ids, empty_ids)
     images, trajectory = _sample_loop(
-        model, jnp.asarray(time_grid(num_steps), jnp.float32), token_ids, empty_ids, noise,
+        model, jnp.asarray(time_grid(num_steps), jnp.float32), token_ids, empty_ids, tuple(low_res_condition), noise,
         jnp.float32(guidance_scale), sampler=sampler, guided=guidance_scale != 1.0, x0_clipping=x0_clipping,
         keep_trajectory=keep_trajectory,
     )

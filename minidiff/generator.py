@@ -10,9 +10,11 @@ captions into ids, draws the starting noise from the seed, splits the rows over
 this host's devices where they split evenly, runs a sampler (`minidiff.sampling`, or `minidiff.flows` for a flow model)
 and hands back images, in batches with a progress bar if asked.
 
-Later stages chain onto it: a cascade follows the generator with an upscaler,
-a latent model with the autoencoder's decoder. Each is a stage in `followed_by`,
-called on the images the one before made.
+Later stages chain onto it: a cascade follows the generator with an upscaler
+(`then`: `minidiff.load("base.npz").then(minidiff.load("sr64.npz"))`), a latent
+model with the autoencoder's decoder. Each is a stage in `followed_by`, called
+on the images the one before made. An upscaler's own generator samples only
+with the images it upscales (`sample(captions, low_res=images)`).
 """
 
 import dataclasses
@@ -31,6 +33,7 @@ from minidiff.machinery.checkpoints import Checkpoint
 from minidiff.machinery.initialisation import shapes_only
 from minidiff.machinery.sharding import gather_on_one_device, mesh_for_batch, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage
+from minidiff.superres import DEFAULT_AUGMENTATION_LEVEL, check_low_res, low_res_condition
 from minidiff.training import TrainConfig, TrainState
 
 # What `Generator.sample` draws with (its other parameters say how the work is split and shown).
@@ -59,6 +62,29 @@ def checked_sampler(objective: str, sampler: str | None, steps: int, guidance: f
 # A stage after the generator: (images (N, H, W, C) in [-1, 1], their captions, seed) -> new images.
 # A stage that draws noise derives its own keys from the seed, so that they differ from the generator's.
 Stage = Callable[[np.ndarray, list[str], int], np.ndarray]
+
+
+def check_augmentation_level(level: float) -> None:
+    if not 0.0 <= level <= 1.0:  # false for NaN too
+        raise ValueError(f"the augmentation level is a noise level between 0 (the low-res image as it is) and 1 "
+                         f"(pure noise), got {level}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Upscale:
+    """A cascade's stage: an upscaler's generator, drawing with its own `settings` (`Generator.sample`'s,
+    augmentation_level included) on the images the stage before made."""
+
+    generator: "Generator"
+    settings: dict
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.generator.image_shape
+
+    def __call__(self, images, captions, seed):
+        # The base model has tokenized these captions already, and refused any too long unless told to cut them.
+        return self.generator.sample(captions, low_res=images, seed=seed, truncate=True, **self.settings)
 
 
 @dataclasses.dataclass
@@ -96,9 +122,43 @@ class Generator:
         denoiser = self.model.config.denoiser
         return (denoiser.image_size, denoiser.image_size, denoiser.channels)
 
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images `sample` returns: the last stage's, or the network's own."""
+        return self.followed_by[-1].image_shape if self.followed_by else self.image_shape
+
+    @property
+    def upscale_from(self) -> int:
+        """The side of the images an upscaler takes; 0 for a base model."""
+        return self.model.config.upscale_from
+
+    def then(self, upscaler: "Generator", *, augmentation_level: float = DEFAULT_AUGMENTATION_LEVEL,
+             **settings) -> "Generator":
+        """This generator followed by `upscaler` (a cascade), which samples with `settings` (`sample`'s) and
+        its low-res images noised at `augmentation_level`. Everything that would not fit is an error now,
+        before any sampling: an upscaler from another size than this one makes, another vocabulary."""
+        if not upscaler.upscale_from:
+            raise ValueError("the model to follow with is not an upscaler (it was trained without --upscale-from)")
+        height, _, channels = self.output_shape
+        if upscaler.upscale_from != height or upscaler.image_shape[2] != channels:
+            raise ValueError(f"the upscaler takes {upscaler.upscale_from} px images, but the stage before it makes "
+                             f"{height} px: train it with --upscale-from {height}, or put it after a stage that "
+                             f"makes {upscaler.upscale_from} px")
+        if upscaler.tokenizer.vocabulary != self.tokenizer.vocabulary:
+            raise ValueError("the upscaler was trained on captions with another vocabulary than the model before "
+                             "it: train both on the same dataset")
+        check_augmentation_level(augmentation_level)
+        if "seed" in settings:
+            raise TypeError("a cascade's stages draw with the seed its `sample` is given; give no seed here")
+        settings = Generator.settings(upscaler.objective, **settings)
+        del settings["seed"]
+        stage = Upscale(upscaler, settings | {"augmentation_level": augmentation_level})
+        return dataclasses.replace(self, followed_by=(*self.followed_by, stage))
+
     def sample(self, captions: Sequence[str], *, sampler: str | None = None, steps: int = 50, guidance: float = 3.0,
                eta: float = 0.0, seed: int = 0, x0_clipping: str = "static", truncate: bool = False,
-               batch_size: int = 64, keep_trajectory: bool = False, progress: bool = False):
+               batch_size: int = 64, keep_trajectory: bool = False, progress: bool = False, low_res=None,
+               augmentation_level: float = DEFAULT_AUGMENTATION_LEVEL):
         """One image per caption: (N, H, W, C) float32 in [-1, 1] (`corruption.to_uint8` makes pixels).
 
         Batch k (of `batch_size` captions) starts from the noise of seed + k * batch_size,
@@ -106,21 +166,34 @@ class Generator:
         after it. A caption too long for the model is an error unless `truncate`. With
         keep_trajectory, also returns the x0 prediction at every step, (steps, N, H, W, C).
         `sampler` is one of the model's objective's (`SAMPLERS_OF`; None: DDIM for diffusion,
-        Euler for a flow); the other settings are `minidiff.sampling.sample`'s.
+        Euler for a flow); the other settings are `minidiff.sampling.sample`'s. An upscaler
+        takes `low_res`, one image (N, h, w, C) in [-1, 1] per caption, which it sees noised at
+        `augmentation_level` (`minidiff.superres`).
         """
         sampler = checked_sampler(self.objective, sampler, steps, guidance, eta, x0_clipping)
         captions = list(captions)
         if not captions:
             raise ValueError("no captions to draw: give at least one")
+        if self.upscale_from:
+            if low_res is None:
+                raise ValueError("this model is an upscaler: give it the images to upscale (low_res), or follow a "
+                                 "base model with it (base.then(upscaler))")
+            check_low_res(np.shape(low_res), self.upscale_from, self.image_shape[2])
+            if len(low_res) != len(captions):
+                raise ValueError(f"{len(captions)} captions but {len(low_res)} images to upscale: give one per caption")
+            check_augmentation_level(augmentation_level)
+        elif low_res is not None:
+            raise ValueError("low_res is for an upscaler; this model draws from captions alone")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         ids = self.tokenizer.encode_batch(captions, truncate=truncate)  # a clear error for an empty caption
         images, trajectories = [], []
         starts = range(0, len(ids), batch_size)
         for start in tqdm(starts, desc=f"sampling ({sampler}, {steps} steps)", disable=not progress, unit="batch"):
-            result = self._sample_batch(ids[start : start + batch_size], seed + start, sampler=sampler, num_steps=steps,
-                                        guidance_scale=guidance, eta=eta, x0_clipping=x0_clipping,
-                                        keep_trajectory=keep_trajectory)
+            rows = slice(start, start + batch_size)
+            result = self._sample_batch(ids[rows], seed + start, None if low_res is None else low_res[rows],
+                                        augmentation_level, sampler=sampler, num_steps=steps, guidance_scale=guidance,
+                                        eta=eta, x0_clipping=x0_clipping, keep_trajectory=keep_trajectory)
             batch, trajectory = result if keep_trajectory else (result, None)
             images.append(np.asarray(batch))
             trajectories.append(np.asarray(trajectory) if keep_trajectory else None)
@@ -129,21 +202,30 @@ class Generator:
             images = stage(images, captions, seed)
         return (images, np.concatenate(trajectories, axis=1)) if keep_trajectory else images
 
-    def _sample_batch(self, token_ids: np.ndarray, seed: int, **settings):
+    def _sample_batch(self, token_ids: np.ndarray, seed: int, low_res, augmentation_level: float, **settings):
         """One batch through the sampler, its rows split over as many of this host's devices as divide it."""
-        noise_key, loop_key = jax.random.split(jax.random.key(seed))
+        key = jax.random.key(seed)
+        if low_res is not None:  # an upscaler's keys differ from those of the base model it follows
+            key = jax.random.fold_in(key, self.image_shape[0])
+        noise_key, loop_key = jax.random.split(key)
         noise = jax.random.normal(noise_key, (len(token_ids), *self.image_shape))
         empty_ids = self.tokenizer.empty(len(token_ids))
+        rows = [token_ids, empty_ids, noise]
+        if low_res is not None:
+            levels = jnp.full((len(token_ids),), augmentation_level, jnp.float32)
+            rows += low_res_condition(jnp.asarray(low_res, jnp.float32), self.image_shape[0], levels,
+                                      jax.random.fold_in(loop_key, 1))
         mesh = mesh_for_batch(len(token_ids))
         if mesh is not None:
             replicate(self.model, mesh)
-            token_ids, empty_ids, noise = (shard_batch(np.asarray(rows), mesh)
-                                           for rows in (token_ids, empty_ids, noise))
+            rows = [shard_batch(np.asarray(row), mesh) for row in rows]
         else:
             # A jitted call runs where its inputs live: a model left replicated by an earlier
             # batch would compute this one on every device.
             gather_on_one_device(self.model)
-            token_ids, empty_ids = jnp.asarray(token_ids), jnp.asarray(empty_ids)
+            rows = [jnp.asarray(row) for row in rows]
+        token_ids, empty_ids, noise, *low_res_rows = rows
+        settings["low_res_condition"] = tuple(low_res_rows)
         if self.objective == "flow":
             del settings["eta"]  # checked to be 0: an ODE solver adds no noise
             return flows.sample(self.model, noise, token_ids, empty_ids, loop_key, **settings)

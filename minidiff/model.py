@@ -3,6 +3,7 @@
     token ids --TextEncoder--> caption embeddings --+
                                                    v
     x_t, noise level t ---------------------------> UNet or DiT --> eps / x0 / v, or a velocity
+    (an upscaler's low-res image and its level) ----^
 
 The denoiser's backbone is a U-Net (`minidiff.denoiser`) or a transformer over
 patches (`minidiff.dit`); the objective is diffusion (`minidiff.corruption`:
@@ -36,6 +37,9 @@ class ModelConfig:
     text: TextEncoderConfig
     prediction: str = "v"  # what the network outputs: "eps", "x0" or "v" for diffusion; "velocity" for a flow
     objective: str = "diffusion"  # one of OBJECTIVES
+    # An upscaler's (`minidiff.superres`): the side of the low-resolution image it is conditioned on, besides
+    # the caption; its denoiser takes that image as extra input channels. 0: a base model, captions alone.
+    upscale_from: int = 0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -46,6 +50,20 @@ class ModelConfig:
         if self.denoiser.caption_dim != self.text.dim:
             raise ValueError(f"the denoiser's caption_dim ({self.denoiser.caption_dim}) must equal "
                              f"text.dim ({self.text.dim})")
+        self._check_upscaler()
+
+    def _check_upscaler(self):
+        denoiser, size = self.denoiser, self.denoiser.image_size
+        if not isinstance(self.upscale_from, int) or not 0 <= self.upscale_from < size:
+            raise ValueError(f"an upscaler to {size} px upscales from a smaller whole number of pixels, "
+                             f"got upscale_from={self.upscale_from!r} (0: a base model)")
+        if self.upscale_from and self.backbone != "unet":
+            raise ValueError("only a U-Net can be an upscaler here: use the unet backbone")
+        low_res_channels = getattr(denoiser, "low_res_channels", 0)
+        if low_res_channels != (denoiser.channels if self.upscale_from else 0):
+            raise ValueError(f"the denoiser takes {low_res_channels} low-res channels, but "
+                             + (f"an upscaler is shown a {denoiser.channels}-channel image" if self.upscale_from
+                                else "a base model (upscale_from=0) is shown none"))
 
     @property
     def backbone(self) -> str:
@@ -54,7 +72,8 @@ class ModelConfig:
     def to_dict(self) -> dict:
         """The config as a checkpoint's header holds it: the denoiser's fields under its backbone's name."""
         return {"backbone": self.backbone, self.backbone: dataclasses.asdict(self.denoiser),
-                "text": dataclasses.asdict(self.text), "prediction": self.prediction, "objective": self.objective}
+                "text": dataclasses.asdict(self.text), "prediction": self.prediction, "objective": self.objective,
+                "upscale_from": self.upscale_from}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -67,7 +86,8 @@ class ModelConfig:
         if backbone == "unet":
             fields.setdefault("modulated_output_norm", False)  # checkpoints from before the option have a plain one
         return cls(denoiser=BACKBONES[backbone](**fields), text=TextEncoderConfig(**d["text"]),
-                   prediction=d["prediction"], objective=d.get("objective", "diffusion"))
+                   prediction=d["prediction"], objective=d.get("objective", "diffusion"),
+                   upscale_from=d.get("upscale_from", 0))
 
 
 # Named sizes of the U-Net, and of the text encoder that goes with it (dim, depth, heads).
@@ -97,8 +117,9 @@ PRESETS = tuple(UNET_PRESETS)
 
 
 def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 32, backbone: str = "unet",
-           objective: str = "diffusion", **overrides) -> ModelConfig:
-    """A named model size. `overrides` replace fields of the denoiser's config (`UNetConfig` or `DiTConfig`)."""
+           objective: str = "diffusion", upscale_from: int = 0, **overrides) -> ModelConfig:
+    """A named model size. `overrides` replace fields of the denoiser's config (`UNetConfig` or `DiTConfig`).
+    With `upscale_from`, an upscaler from that many pixels to `image_size` (`minidiff.superres`)."""
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {PRESETS}")
     if backbone not in BACKBONES:
@@ -108,6 +129,8 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     unknown = set(overrides) - {f.name for f in dataclasses.fields(BACKBONES[backbone])}
     if unknown:
         raise ValueError(f"a {backbone} has no setting {', '.join(sorted(unknown))}")
+    if upscale_from and backbone == "unet":
+        overrides = {"low_res_channels": UNET_PRESETS[name].channels} | overrides
     denoiser = dataclasses.replace((DIT_PRESETS if backbone == "dit" else UNET_PRESETS)[name], image_size=image_size,
                                    **overrides)
     if backbone == "unet":
@@ -119,7 +142,8 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
                              f"{sorted(missing)}: attention can go at {list(denoiser.level_sizes)}")
     dim, depth, heads = TEXT_PRESETS[name]
     text = TextEncoderConfig(vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=heads)
-    return ModelConfig(denoiser=denoiser, text=text, prediction=OBJECTIVES[objective][0], objective=objective)
+    return ModelConfig(denoiser=denoiser, text=text, prediction=OBJECTIVES[objective][0], objective=objective,
+                       upscale_from=upscale_from)
 
 
 class TextToImage(nnx.Module):
@@ -142,11 +166,13 @@ class TextToImage(nnx.Module):
         """(B, L) ids -> (tokens (B, L, D), mask (B, L), pooled (B, D)); reused across sampling steps."""
         return self.text_encoder(token_ids)
 
-    def denoise(self, xt, t, caption_embedding):
-        return self.denoiser(xt, t, *caption_embedding)
+    def denoise(self, xt, t, conditioning):
+        """conditioning: the caption's embeddings (`encode_captions`), followed, for an upscaler, by its
+        low-res image and that image's noise level (`minidiff.superres.low_res_condition`)."""
+        return self.denoiser(xt, t, *conditioning)
 
-    def __call__(self, xt, t, token_ids):
-        return self.denoise(xt, t, self.encode_captions(token_ids))
+    def __call__(self, xt, t, token_ids, *low_res_condition):
+        return self.denoise(xt, t, (*self.encode_captions(token_ids), *low_res_condition))
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> TextToImage:

@@ -245,11 +245,12 @@ def dpm_solver_2m_step(xt, x0_pred, previous_x0, alpha_bar_t, alpha_bar_s, previ
 
 @partial(nnx.jit, static_argnames=("sampler", "guided", "x0_clipping", "keep_trajectory"))
 def _sample_loop(
-    model, schedule: NoiseSchedule, levels, token_ids, empty_ids, key, noise, guidance_scale, eta,
+    model, schedule: NoiseSchedule, levels, token_ids, empty_ids, low_res_condition, key, noise, guidance_scale, eta,
     sampler: str, guided: bool, x0_clipping: str, keep_trajectory: bool,
 ):
-    caption = model.encode_captions(token_ids)  # once, reused at every step
-    empty_caption = model.encode_captions(empty_ids)
+    # Once, reused at every step; an upscaler's low-res image goes with the caption and without it alike.
+    caption = (*model.encode_captions(token_ids), *low_res_condition)
+    empty_caption = (*model.encode_captions(empty_ids), *low_res_condition)
     batch = noise.shape[0]
 
     def denoise(x, alpha_bar):
@@ -302,6 +303,7 @@ def sample(
     guidance_scale: float = 1.0,
     x0_clipping: str = "static",
     keep_trajectory: bool = False,
+    low_res_condition=(),
 ):
     """Denoise `noise` (B, H, W, C), pure Gaussian noise, into one image per caption; (B, H, W, C).
 
@@ -312,14 +314,15 @@ def sample(
     prediction at every step, (num_steps, B, H, W, C). One compilation per
     (batch shape, num_steps, sampler). The arrays stay where the caller put
     them: rows split over devices, with the model replicated on them, are
-    sampled there (`minidiff.generator.Generator` does that).
+    sampled there (`minidiff.generator.Generator` does that). An upscaler
+    takes its `low_res_condition` too (`minidiff.superres.low_res_condition`).
     """
     check_settings(sampler, num_steps, guidance_scale, eta, x0_clipping)
     check_rows(noise, token_ids, empty_ids)
     levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
     key = jax.random.key(0) if key is None else key
     images, trajectory = _sample_loop(
-        model, schedule, levels, token_ids, empty_ids, key, noise,
+        model, schedule, levels, token_ids, empty_ids, tuple(low_res_condition), key, noise,
         jnp.float32(guidance_scale), jnp.float32(eta),
         sampler=sampler, guided=guidance_scale != 1.0, x0_clipping=x0_clipping, keep_trajectory=keep_trajectory,
     )

@@ -37,7 +37,8 @@ from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, restore_
 from minidiff.machinery.compiled_step import CompiledStep
 from minidiff.machinery.sharding import check_batch_size, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage, create_model
-from minidiff.optimization import adamw, learning_rate_at
+from minidiff.optimization import adamw, in_bfloat16, learning_rate_at
+from minidiff.superres import training_condition
 
 LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
 PRECISIONS = ("float32", "bfloat16")
@@ -147,22 +148,10 @@ def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
     return {"eps": x0_weight / snr_t, "x0": x0_weight, "v": x0_weight / (snr_t + 1.0)}[prediction]
 
 
-def in_bfloat16(model: nnx.Module) -> nnx.Module:
-    """A copy of `model` whose floating-point parameters are bfloat16.
-
-    Mixed precision (Micikevicius et al. 2018): the optimizer keeps and updates
-    float32 weights (small updates would vanish in bfloat16's 8-bit mantissa),
-    while the forward and backward passes run on bfloat16 copies — half the
-    memory traffic, and the fast matrix units of GPUs and TPUs. Made inside the
-    differentiated function, the cast passes gradients back to the float32 weights.
-    """
-    graphdef, state = nnx.split(model)
-    state = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-    return nnx.merge(graphdef, state)
-
-
-def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, key, config: TrainConfig):
-    """The training loss on one batch: x0 (B, H, W, C) in [-1, 1], token_ids (B, L)."""
+def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, key, config: TrainConfig,
+                   low_res_condition=()):
+    """The training loss on one batch: x0 (B, H, W, C) in [-1, 1], token_ids (B, L); an upscaler's
+    low-res image and level (`superres.training_condition`) too."""
     t_key, eps_key = jax.random.split(key)
     batch = x0.shape[0]
     t_index = jax.random.randint(t_key, (batch,), 0, schedule.num_steps)  # a step of the forward process per image
@@ -172,7 +161,8 @@ def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, k
     prediction = model.config.prediction
     if config.precision == "bfloat16":
         model, xt = in_bfloat16(model), xt.astype(jnp.bfloat16)
-    output = model(xt, network_time(t_index, schedule.num_steps), token_ids).astype(jnp.float32)  # the loss in float32
+    output = model(xt, network_time(t_index, schedule.num_steps), token_ids,
+                   *low_res_condition).astype(jnp.float32)  # the loss in float32
     target = prediction_target(prediction, x0, eps, alpha_bar_t)
     per_example = jnp.mean((output - target) ** 2, axis=(1, 2, 3))
     weight = loss_weight(config.loss_weighting, prediction, snr(alpha_bar_t), config.min_snr_gamma)
@@ -180,12 +170,18 @@ def diffusion_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, k
 
 
 def training_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, key, config: TrainConfig):
-    """The loss the model's objective asks for: `diffusion_loss`, or a flow's (`flows.flow_loss`)."""
+    """The loss the model's objective asks for: `diffusion_loss`, or a flow's (`flows.flow_loss`). An
+    upscaler is shown each image of the batch downsampled, at a random noise level (`superres`)."""
+    low_res_condition = ()
+    if model.config.upscale_from:
+        key, low_res_key = jax.random.split(key)
+        low_res_condition = training_condition(x0, model.config.upscale_from, low_res_key)
     if model.config.objective == "flow":
         if config.precision == "bfloat16":
-            return flow_loss(in_bfloat16(model), x0, token_ids, key, config.time_sampling, jnp.bfloat16)
-        return flow_loss(model, x0, token_ids, key, config.time_sampling)
-    return diffusion_loss(model, schedule, x0, token_ids, key, config)
+            return flow_loss(in_bfloat16(model), x0, token_ids, key, config.time_sampling, jnp.bfloat16,
+                             low_res_condition)
+        return flow_loss(model, x0, token_ids, key, config.time_sampling, low_res_condition=low_res_condition)
+    return diffusion_loss(model, schedule, x0, token_ids, key, config, low_res_condition)
 
 
 def drop_captions(key, token_ids, empty_ids, probability: float):

@@ -87,6 +87,11 @@ def test_option_defaults_and_choices_are_the_libraries_own():
         for name in ("sampler", "steps", "guidance", "seed"):
             assert option(command, "--" + name).default == sample_defaults[name], (command, name)
         assert set(option(command, "--sampler").choices) == set(SAMPLERS) | set(FLOW_SAMPLERS)
+    for command in ("sample", "adherence", "evaluate"):
+        assert option(command, "--upscaler").default == []
+        for flag in ("--upscaler-sampler", "--upscaler-steps", "--upscaler-guidance", "--augmentation-level"):
+            assert option(command, flag).default is None  # each upscaler's own: Generator.then's
+    assert option("train", "--upscale-from").default is None  # a base model, or a resumed run's own
     assert option("sample", "--eta").default == sample_defaults["eta"]
     assert tuple(option("sample", "--x0-clipping").choices) == X0_CLIPPINGS
     assert option("sample", "--per-caption").default == defaults_of(draw_grid)["per_caption"]
@@ -208,11 +213,42 @@ def test_a_dit_trained_as_a_flow_samples_with_euler_and_resumes_only_as_itself(t
         assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",
                      "--out", str(tmp_path / "bad.png"), *extra]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
-    for extra, message in ((["--backbone", "unet"], "is a dit run (its backbone); it cannot resume as unet"),
-                           (["--objective", "diffusion"], "is a flow run (its objective)")):
+    for extra, message in ((["--backbone", "unet"], "is a run with backbone dit; it cannot resume with unet"),
+                           (["--objective", "diffusion"], "is a run with objective flow"),
+                           (["--upscale-from", "8"], "is a run with upscale_from 0; it cannot resume with 8")):
         assert main(["train", "--resume", "--steps", "3", *common, *extra]) == 2
         assert message in capsys.readouterr().err
     assert Checkpoint(run / "checkpoint.npz").header["step"] == 2
+
+
+def test_an_upscaler_trains_and_follows_a_base_model_in_sample_and_evaluate(trained, tmp_path, capsys):
+    """`train --upscale-from` makes an upscaler (its sample grids upscale real images); `sample` and
+    `evaluate` chain it after a base model's checkpoint, with its own settings; mismatches are refused."""
+    upscaler = tmp_path / "sr"
+    assert main(["train", "--preset", "tiny", "--image-size", "32", "--upscale-from", "16", "--num-images", "32",
+                 "--steps", "2", "--batch-size", "4", "--sample-every", "2", "--out", str(upscaler), "--quiet"]) == 0
+    assert "an upscaler from 16 to 32 px" in capsys.readouterr().out
+    assert Checkpoint(upscaler / "checkpoint.npz").header["model_config"]["upscale_from"] == 16
+    assert (upscaler / "samples_step000002.png").is_file()
+    cascade = ["--checkpoint", str(trained / "checkpoint.npz"), "--upscaler", str(upscaler / "checkpoint.npz")]
+    grid = tmp_path / "grid.png"
+    assert main(["sample", *cascade, "--caption", "a red flower", "--steps", "2", "--upscaler-steps", "3",
+                 "--augmentation-level", "0.2", "--per-caption", "2", "--out", str(grid)]) == 0
+    assert grid.is_file()
+    evaluation = tmp_path / "evaluation"
+    assert main(["evaluate", *cascade, "--num-samples", "4", "--steps", "2", "--upscaler-steps", "2",
+                 "--judge-steps", "2", "--out", str(evaluation), "--quiet"]) == 0
+    assert (trained / "judge-toy-32px.npz").is_file()  # the judge of the cascade's output size
+    for extra, message in (
+            (["--checkpoint", str(upscaler / "checkpoint.npz")], "is an upscaler (from 16 px): give a base model's"),
+            ([*cascade, "--upscaler", str(upscaler / "checkpoint.npz")], "takes 16 px images, but the stage before it "
+             "makes 32 px"),
+            ([*cascade, "--upscaler-steps", "2", "3"], "2 values of steps for 1 upscalers"),
+            ([*cascade, "--augmentation-level", "2"], "the augmentation level is a noise level between 0"),
+            (["--checkpoint", str(trained / "checkpoint.npz"), "--upscaler-guidance", "2"],
+             "--upscaler-guidance sets upscalers, and no --upscaler was given")):
+        assert main(["sample", *extra, "--caption", "a red flower", "--out", str(tmp_path / "bad.png")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
 
 
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):

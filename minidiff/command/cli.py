@@ -19,9 +19,9 @@ import numpy as np
 
 from minidiff.captions import CaptionError
 from minidiff.command.benchmark import benchmark, format_row, table_header
-from minidiff.command.options import (add_sampling_options, add_training_options, at_least, default_of, field_option,
-                                      parameter_option, sampling_settings)
-from minidiff.command.runs import draw_grid, run_training
+from minidiff.command.options import (add_cascade_options, add_sampling_options, add_training_options, at_least,
+                                      default_of, field_option, parameter_option, sampling_settings)
+from minidiff.command.runs import draw_grid, run_training, with_upscalers
 from minidiff.datasets import DATASETS
 from minidiff.evaluation.evaluate import evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
@@ -103,13 +103,13 @@ def cmd_demo(args):
 
 
 def cmd_sample(args):
-    generator = load(args.checkpoint, use_ema=not args.no_ema)
+    generator = with_upscalers(load(args.checkpoint, use_ema=not args.no_ema), args)
     draw_grid(generator, args.caption, args.out, per_caption=args.per_caption, **sampling_settings(args))
     print(f"wrote {args.out}")
 
 
 def cmd_adherence(args):
-    generator = load(args.checkpoint)
+    generator = with_upscalers(load(args.checkpoint), args)
     settings = sampling_settings(args)
     seed = settings.pop("seed")
     for guidance in args.guidance:
@@ -127,8 +127,8 @@ def cmd_adherence(args):
 
 
 def cmd_evaluate(args):
-    generator = load(args.checkpoint)
-    size = generator.image_shape[0]
+    generator = with_upscalers(load(args.checkpoint), args)
+    size = generator.output_shape[0]
     reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
     settings = Generator.settings(generator.objective, **sampling_settings(args))  # checked before a judge is trained
     judge = judge_for(args.checkpoint, args.dataset, size, path=args.judge, data_dir=args.data_dir,
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
     smp.add_argument("--caption", action="append", required=True, help="a caption; repeat for several rows")
     add_sampling_options(smp)
+    add_cascade_options(smp)
     parameter_option(smp, draw_grid, "per_caption", "images per caption", type=at_least(1))
     smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their moving average")
     smp.add_argument("--out", default="samples.png", help="PNG to write (default: %(default)s)")
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     adh.add_argument("--guidance", type=float, nargs="+", default=[1.0, DEMO_GUIDANCE],
                      help=f"guidance scales (default: 1 and the demo's {DEMO_GUIDANCE:g})")
     add_sampling_options(adh, [name for name in SAMPLING_SETTINGS if name != "guidance"])
+    add_cascade_options(adh)
     adh.add_argument("--out", help="also write the scores to this JSON file")
     adh.set_defaults(run=cmd_adherence)
 
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     parameter_option(ev, evaluate, "num_samples", "images to generate; compare figures only at equal N",
                      type=at_least(2))
     add_sampling_options(ev)
+    add_cascade_options(ev)
     ev.add_argument("--judge", help="a judge file (judge-*.npz); default: the one beside the checkpoint, trained if missing")
     parameter_option(ev, train_judge, "steps", "training steps of a new judge", flag="--judge-steps",
                      dest="judge_steps", type=at_least(1))

@@ -9,7 +9,7 @@ rooms before it, so the course's order is the import order:
                  earlier stages, and `attention` (shared by the denoiser and the caption encoder)
     machinery    what makes a run fast and safe (imports nothing of minidiff but itself)
     later        the stages the field added later, each a file at the top of `minidiff/` beside the
-                 four: a DiT denoiser, straight-line flows
+                 four: super-resolution (a cascade's upscaler), a DiT denoiser, straight-line flows
     model        the stages put together
     datasets     the data every stage is fed
     training     the loss, the step and the loop
@@ -29,7 +29,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 STAGES = ("corruption", "denoiser", "captions", "sampling")
 SHARED_BY_STAGES = ("attention",)
-LATER_STAGES = ("dit", "flows")
+LATER_STAGES = ("superres", "dit", "flows")
 ROOMS = ("stages", "machinery", "later", "model", "datasets", "optimization", "training", "generator", "evaluation", "course", "command")
 MAX_LINES = 400
 

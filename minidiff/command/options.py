@@ -135,6 +135,10 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
     model.add_argument("--attention-at", type=at_least(1), nargs="+", metavar="SIZE", **given("attention_at"),
                        help="feature-map sizes (the image side over the patch size, halved at each level) whose blocks "
                        f"get self- and cross-attention, e.g. 8 4 (default: {attention_default})")
+    model.add_argument("--upscale-from", type=at_least(1), metavar="SIZE",
+                       help="train an upscaler, a cascade's super-resolution stage: from SIZE px images (each training "
+                       "image downsampled) to --image-size, conditioned on the caption too (default: a base model, "
+                       "which draws from the caption alone; with --resume, the run's own)")
     choices = tuple(dict.fromkeys(p for predictions in OBJECTIVES.values() for p in predictions))
     model.add_argument("--prediction", choices=choices, help="what the network predicts (default: "
                        + ", ".join(f"{predictions[0]} for {name}" for name, predictions in OBJECTIVES.items()) + ")")
@@ -198,3 +202,51 @@ def add_sampling_options(p, names=SAMPLING_SETTINGS, **defaults):
 def sampling_settings(args) -> dict:
     """The `Generator.sample` settings the command's sampling options asked for."""
     return {name: getattr(args, name) for name in args.sampling_options}
+
+
+# The settings each upscaler of a cascade draws with, as options of one value (every upscaler) or one per
+# --upscaler: (the setting, help, how argparse reads a value).
+CASCADE_OPTIONS = (
+    ("sampler", "each upscaler's sampler (default: its objective's first)", dict(choices=ALL_SAMPLERS)),
+    ("steps", f"each upscaler's denoising steps (default: {default_of(Generator.sample, 'steps')})",
+     dict(type=at_least(1))),
+    ("guidance", f"each upscaler's guidance (default: {default_of(Generator.sample, 'guidance'):g})",
+     dict(type=float)),
+    ("augmentation_level", "the noise level, 0 to 1, at which each upscaler sees the image it upscales (noise-"
+     f"conditioning augmentation; default: {default_of(Generator.then, 'augmentation_level'):g})", dict(type=float)),
+)
+
+
+def _cascade_flag(name: str) -> str:
+    return "--" + ("" if name == "augmentation_level" else "upscaler-") + name.replace("_", "-")
+
+
+def add_cascade_options(p):
+    """--upscaler (repeated: a cascade) and the settings its upscalers draw with."""
+    cascade = p.add_argument_group("cascade")
+    cascade.add_argument("--upscaler", action="append", default=[], metavar="CHECKPOINT",
+                         help="follow the model with this upscaler (trained with --upscale-from); repeat for "
+                         "several, smallest first, e.g. --upscaler sr64.npz --upscaler sr128.npz")
+    for name, help, reading in CASCADE_OPTIONS:
+        cascade.add_argument(_cascade_flag(name), dest=f"upscaler_{name}", nargs="+", metavar="VALUE",
+                             help=help + "; one value for every upscaler, or one per --upscaler", **reading)
+
+
+def cascade_settings(args) -> list[dict]:
+    """The settings of each --upscaler, from the cascade's options (`Generator.then`'s keywords)."""
+    count = len(args.upscaler)
+    per_upscaler = [{} for _ in range(count)]
+    for name, _, _ in CASCADE_OPTIONS:
+        values = getattr(args, f"upscaler_{name}")
+        if values is None:
+            continue
+        if not count:
+            raise ValueError(f"{_cascade_flag(name)} sets upscalers, and no --upscaler was given")
+        if len(values) not in (1, count):
+            raise ValueError(f"{len(values)} values of {name} for {count} upscalers: give one, or one per upscaler")
+        for settings, value in zip(per_upscaler, values * count if len(values) == 1 else values):
+            settings[name] = value
+    if count and getattr(args, "x0_clipping", None):
+        for settings in per_upscaler:
+            settings["x0_clipping"] = args.x0_clipping  # the cascade clips as its base model does
+    return per_upscaler

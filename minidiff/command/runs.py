@@ -9,15 +9,19 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from minidiff.captions import SPECIAL_TOKENS, Tokenizer
-from minidiff.command.options import train_config
+from minidiff.command.options import cascade_settings, train_config
+from minidiff.corruption import to_model_range
 from minidiff.datasets import CaptionedImages, load_dataset
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
-from minidiff.generator import Generator
+from minidiff.generator import Generator, load
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.sharding import data_mesh, mesh_for_batch
 from minidiff.model import ModelConfig, count_parameters, preset
+from minidiff.superres import downsample, upsample
 from minidiff.training import TrainConfig, TrainState, new_train_state, resume_train_state, train
 
 # --- Pictures ----------------------------------------------------------------------
@@ -39,6 +43,31 @@ def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, tit
     title = title or f"{used['sampler']}, {used['steps']} steps, guidance {used['guidance']:g}"
     save_figure(captioned_grid(images, captions, title=title), path)
     return images
+
+
+def with_upscalers(generator: Generator, args) -> Generator:
+    """The generator followed by each --upscaler, with its settings (`options.cascade_settings`), all
+    checked before anything is drawn."""
+    if generator.upscale_from:
+        raise ValueError(f"{args.checkpoint} is an upscaler (from {generator.upscale_from} px): give a base model's "
+                         "checkpoint, and this one as --upscaler")
+    for path, settings in zip(args.upscaler, cascade_settings(args)):
+        generator = generator.then(load(path), **settings)
+    return generator
+
+
+def draw_upscaled(generator: Generator, images_uint8, captions, path, **settings):
+    """An upscaler's grid: per caption, its real image downsampled, that image upscaled by bicubic
+    interpolation and by the upscaler, and the real image."""
+    size = generator.image_shape[0]
+    real = to_model_range(jnp.asarray(images_uint8))
+    low_res = downsample(real, generator.upscale_from)
+    upscaled = generator.sample(captions, low_res=low_res, **settings)
+    small = jnp.repeat(jnp.repeat(low_res, size // generator.upscale_from, 1), size // generator.upscale_from, 2)
+    rows = np.stack([small, upsample(low_res, size), upscaled, real], axis=1).reshape(-1, *upscaled.shape[1:])
+    title = f"{generator.upscale_from} px, bicubic to {size} px, the upscaler, the real image"
+    save_figure(captioned_grid(rows, captions, title=title), path)
+    return upscaled
 
 
 # --- Training, piece by piece --------------------------------------------------------
@@ -65,17 +94,18 @@ def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
             raise ValueError("--attention-at places the U-Net's attention; every block of a DiT attends")
         overrides["attention_resolutions"] = tuple(args.attention_at)
     config = preset(args.preset, tokenizer.vocab_size, image_size=args.image_size, max_length=tokenizer.max_length,
-                    backbone=backbone, objective=objective, **overrides)
+                    backbone=backbone, objective=objective, upscale_from=args.upscale_from or 0, **overrides)
     return dataclasses.replace(config, prediction=args.prediction) if args.prediction else config
 
 
 def check_resumed_model(args, config: ModelConfig) -> None:
-    """--backbone and --objective, where given with --resume, must be the run's own."""
-    for name in ("backbone", "objective"):
+    """--backbone, --objective and --upscale-from, where given with --resume, must be the run's own."""
+    for name in ("backbone", "objective", "upscale_from"):
         asked, saved = getattr(args, name), getattr(config, name)
         if asked is not None and asked != saved:
-            raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a {saved} run (its {name}); it cannot "
-                                  f"resume as {asked}: drop --{name}, or train a new run in another --out")
+            raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with {name} {saved}; it cannot "
+                                  f"resume with {asked}: drop --{name.replace('_', '-')}, or train a new run in "
+                                  "another --out")
 
 
 def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
@@ -99,8 +129,9 @@ def describe_model(state: TrainState, preset_name: str) -> str:
     else:
         shape = (f"DiT, {denoiser.depth} blocks of width {denoiser.width} over {denoiser.grid}x{denoiser.grid} "
                  f"patches of {denoiser.patch_size}x{denoiser.patch_size} px")
+    role = f"an upscaler from {config.upscale_from} to {denoiser.image_size} px, " if config.upscale_from else ""
     return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, {shape}; "
-            f"{config.objective}, predicts {config.prediction}")
+            f"{role}{config.objective}, predicts {config.prediction}")
 
 
 def training_mesh(data_parallel: bool, batch_size: int):
@@ -118,17 +149,20 @@ def saved_model_config(args) -> ModelConfig:
     return ModelConfig.from_dict(config)
 
 
+def images_to_show(dataset: CaptionedImages, count: int = 4) -> list[int]:
+    """The indices of the first image of each of a few classes."""
+    shown, classes = [], set()
+    for index, label in enumerate(dataset.labels.get("class", range(len(dataset)))):
+        if int(label) not in classes and len(shown) < count:
+            classes.add(int(label))
+            shown.append(index)
+    return shown
+
+
 def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, count: int = 4) -> list[str]:
     """The preferred captions the model knows every word of; else the first captions of a few classes."""
     known = [c for c in preferred if not tokenizer.unknown_words(c)]
-    if known:
-        return known
-    shown, classes = [], set()
-    for options, label in zip(dataset.captions, dataset.labels.get("class", range(len(dataset)))):
-        if int(label) not in classes and len(shown) < count:
-            classes.add(int(label))
-            shown.append(options[0])
-    return shown
+    return known or [dataset.captions[i][0] for i in images_to_show(dataset, count)]
 
 
 def saved_length(args) -> dict:
@@ -156,9 +190,15 @@ def run_training(args, preferred_captions) -> TrainState:
 
     def report(state):
         generator = Generator.from_training(state)
-        sampler = Generator.settings(generator.objective)["sampler"]
-        draw_grid(generator, captions, out / f"samples_step{state.step:06d}.png", per_caption=4,
-                  steps=25, guidance=3.0, title=f"step {state.step}: {sampler}, 25 steps, guidance 3")
+        path = out / f"samples_step{state.step:06d}.png"
+        if generator.upscale_from:  # real images of a few classes, downsampled and upscaled
+            shown = images_to_show(dataset)
+            draw_upscaled(generator, dataset.images[shown], [dataset.captions[i][0] for i in shown], path, steps=25,
+                          guidance=3.0)
+        else:
+            sampler = Generator.settings(generator.objective)["sampler"]
+            draw_grid(generator, captions, path, per_caption=4, steps=25, guidance=3.0,
+                      title=f"step {state.step}: {sampler}, 25 steps, guidance 3")
         save_loss_curve(state.losses, out / "loss.png")
 
     mesh = training_mesh(args.data_parallel or args.multi_host, config.batch_size)

@@ -18,6 +18,10 @@ class probabilities (N, K):
   - Inception Score (Salimans et al. 2016, sec. 4): exp E_x KL(p(y|x) || p(y)),
     high when each image is confidently one class and the classes are varied.
     It never looks at real images at all.
+
+Two pixel statistics besides: PSNR, how close an image is to the one it should
+be (an upscaler's output against the real image), and saturation, how much of
+an image sits at the ends of the range (what strong guidance does).
 """
 
 import numpy as np
@@ -111,3 +115,22 @@ def inception_score(probabilities, num_splits: int = 10) -> tuple[float, float]:
         kl = np.sum(np.where(part > 0, part * (np.log(np.where(part > 0, part, 1.0)) - np.log(marginal + 1e-30)), 0.0), 1)
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def psnr(images_uint8, reference_uint8) -> float:
+    """Peak signal-to-noise ratio, 10 log10(255^2 / MSE) in dB, of each image (N, H, W, C) against its
+    reference, averaged over the images. Higher is closer; it rewards a blurred guess over a sharp wrong one."""
+    images, reference = (np.asarray(x, np.float64) for x in (images_uint8, reference_uint8))
+    if images.shape != reference.shape or images.ndim != 4:
+        raise ValueError(f"need two arrays of images of one shape (N, H, W, C), got {images.shape} and "
+                         f"{reference.shape}")
+    mse = np.mean((images - reference) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def saturation(images_uint8) -> dict[str, float]:
+    """How far images (N, H, W, C) are pushed to the ends of their range: the mean |x| in [-1, 1] units
+    (0: all mid-grey, 1: every value at an end), and the fraction of values at 0 or 255."""
+    images = np.asarray(images_uint8)
+    return {"mean_abs": float(np.mean(np.abs(images / 127.5 - 1.0))),
+            "at_the_ends": float(np.mean((images == 0) | (images == 255)))}

@@ -159,7 +159,7 @@ def measure_pixel_adherence(generator, split: str = "test", num_images: int = 12
     """Generate an image for the first caption of `num_images` held-out images of the embedded set's
     `split` ("test": attribute pairs seen in training; "held_out": pairs never seen) with a
     `minidiff.generator.Generator` (`sampling`: its sampling settings), and score them with `pixel_adherence`."""
-    reference = reference_set("toy", generator.image_shape[0], num_images=num_images, seed=seed, split=split)
+    reference = reference_set("toy", generator.output_shape[0], num_images=num_images, seed=seed, split=split)
     images = generator.sample([c[0] for c in reference.captions], seed=seed, **sampling)
     return pixel_adherence(to_uint8(images), reference.labels, reference.label_names)
 
