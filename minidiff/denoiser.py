@@ -215,7 +215,8 @@ class UNet(nnx.Module):
         self.cond_out = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
         self.caption_to_cond = nnx.Linear(c.caption_dim, c.cond_dim, rngs=rngs)
         self.stem = nnx.Conv(p * p * (c.channels + c.low_res_channels), c.widths[0], (3, 3), rngs=rngs)
-        # An upscaler is told how much noise its low-res image carries, as it is told t.
+        # An upscaler is told how much noise its low-res image carries: the level's sinusoids, as t's, mapped
+        # into the conditioning vector.
         self.low_res_level_to_cond = nnx.Linear(c.widths[0], c.cond_dim, rngs=rngs) if c.low_res_channels else None
 
         # The down path: remember the width of every activation kept for a skip.
@@ -261,6 +262,8 @@ class UNet(nnx.Module):
         cond = self.cond_out(jax.nn.silu(self.cond_in(cond))) + self.caption_to_cond(caption_pooled)  # (B, cond_dim)
         caption = (caption_tokens, caption_mask)
         inputs = xt
+        if self.low_res_level_to_cond is None and low_res is not None:
+            raise ValueError("this U-Net is a base model (low_res_channels=0): it takes no low-resolution image")
         if self.low_res_level_to_cond is not None:
             if low_res is None or low_res_level is None:
                 raise ValueError("an upscaler's U-Net needs its low-resolution image and that image's noise level")

@@ -124,8 +124,10 @@ class Generator:
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of the images `sample` returns: the last stage's, or the network's own."""
-        return self.followed_by[-1].image_shape if self.followed_by else self.image_shape
+        """(H, W, C) of the images `sample` returns: that of the last stage that declares one (`image_shape`,
+        as an `Upscale` stage does), else the network's own."""
+        shapes = [stage.image_shape for stage in self.followed_by if hasattr(stage, "image_shape")]
+        return shapes[-1] if shapes else self.image_shape
 
     @property
     def upscale_from(self) -> int:
@@ -140,13 +142,16 @@ class Generator:
         if not upscaler.upscale_from:
             raise ValueError("the model to follow with is not an upscaler (it was trained without --upscale-from)")
         height, _, channels = self.output_shape
-        if upscaler.upscale_from != height or upscaler.image_shape[2] != channels:
-            raise ValueError(f"the upscaler takes {upscaler.upscale_from} px images, but the stage before it makes "
-                             f"{height} px: train it with --upscale-from {height}, or put it after a stage that "
-                             f"makes {upscaler.upscale_from} px")
+        if (upscaler.upscale_from, upscaler.image_shape[2]) != (height, channels):
+            raise ValueError(f"the upscaler takes {upscaler.upscale_from} px images of {upscaler.image_shape[2]} "
+                             f"channels, but the stage before it makes {height} px of {channels}: train it with "
+                             f"--upscale-from {height} on such images, or put it after a stage that makes what it takes")
         if upscaler.tokenizer.vocabulary != self.tokenizer.vocabulary:
             raise ValueError("the upscaler was trained on captions with another vocabulary than the model before "
                              "it: train both on the same dataset")
+        if upscaler.tokenizer.max_length < self.tokenizer.max_length:
+            raise ValueError(f"the upscaler reads captions of up to {upscaler.tokenizer.max_length} tokens, fewer "
+                             f"than the {self.tokenizer.max_length} of the model before it: it would cut them")
         check_augmentation_level(augmentation_level)
         if "seed" in settings:
             raise TypeError("a cascade's stages draw with the seed its `sample` is given; give no seed here")
@@ -207,14 +212,14 @@ class Generator:
         key = jax.random.key(seed)
         if low_res is not None:  # an upscaler's keys differ from those of the base model it follows
             key = jax.random.fold_in(key, self.image_shape[0])
+            key, augmentation_key = jax.random.split(key)
         noise_key, loop_key = jax.random.split(key)
         noise = jax.random.normal(noise_key, (len(token_ids), *self.image_shape))
         empty_ids = self.tokenizer.empty(len(token_ids))
         rows = [token_ids, empty_ids, noise]
         if low_res is not None:
             levels = jnp.full((len(token_ids),), augmentation_level, jnp.float32)
-            rows += low_res_condition(jnp.asarray(low_res, jnp.float32), self.image_shape[0], levels,
-                                      jax.random.fold_in(loop_key, 1))
+            rows += low_res_condition(jnp.asarray(low_res, jnp.float32), self.image_shape[0], levels, augmentation_key)
         mesh = mesh_for_batch(len(token_ids))
         if mesh is not None:
             replicate(self.model, mesh)

@@ -130,7 +130,7 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     if unknown:
         raise ValueError(f"a {backbone} has no setting {', '.join(sorted(unknown))}")
     if upscale_from and backbone == "unet":
-        overrides = {"low_res_channels": UNET_PRESETS[name].channels} | overrides
+        overrides = {"low_res_channels": overrides.get("channels", UNET_PRESETS[name].channels)} | overrides
     denoiser = dataclasses.replace((DIT_PRESETS if backbone == "dit" else UNET_PRESETS)[name], image_size=image_size,
                                    **overrides)
     if backbone == "unet":

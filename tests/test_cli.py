@@ -213,9 +213,9 @@ def test_a_dit_trained_as_a_flow_samples_with_euler_and_resumes_only_as_itself(t
         assert main(["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower",
                      "--out", str(tmp_path / "bad.png"), *extra]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
-    for extra, message in ((["--backbone", "unet"], "is a run with backbone dit; it cannot resume with unet"),
-                           (["--objective", "diffusion"], "is a run with objective flow"),
-                           (["--upscale-from", "8"], "is a run with upscale_from 0; it cannot resume with 8")):
+    for extra, message in ((["--backbone", "unet"], "is a run with --backbone dit; it cannot resume with unet"),
+                           (["--objective", "diffusion"], "is a run with --objective flow"),
+                           (["--upscale-from", "8"], "is a run with --upscale-from none (a base model); it cannot resume with 8")):
         assert main(["train", "--resume", "--steps", "3", *common, *extra]) == 2
         assert message in capsys.readouterr().err
     assert Checkpoint(run / "checkpoint.npz").header["step"] == 2
@@ -241,9 +241,9 @@ def test_an_upscaler_trains_and_follows_a_base_model_in_sample_and_evaluate(trai
     assert (trained / "judge-toy-32px.npz").is_file()  # the judge of the cascade's output size
     for extra, message in (
             (["--checkpoint", str(upscaler / "checkpoint.npz")], "is an upscaler (from 16 px): give a base model's"),
-            ([*cascade, "--upscaler", str(upscaler / "checkpoint.npz")], "takes 16 px images, but the stage before it "
-             "makes 32 px"),
-            ([*cascade, "--upscaler-steps", "2", "3"], "2 values of steps for 1 upscalers"),
+            ([*cascade, "--upscaler", str(upscaler / "checkpoint.npz")], "takes 16 px images of 3 channels, but the "
+             "stage before it makes 32 px"),
+            ([*cascade, "--upscaler-steps", "2", "3"], "--upscaler-steps has 2 values for 1 upscaler(s)"),
             ([*cascade, "--augmentation-level", "2"], "the augmentation level is a noise level between 0"),
             (["--checkpoint", str(trained / "checkpoint.npz"), "--upscaler-guidance", "2"],
              "--upscaler-guidance sets upscalers, and no --upscaler was given")):

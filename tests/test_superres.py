@@ -169,11 +169,14 @@ def test_cascade_mismatches_are_clear_errors_before_sampling(base_and_upscaler, 
     base, upscaler = base_and_upscaler
     with pytest.raises(ValueError, match="not an upscaler"):
         base.then(base)
-    with pytest.raises(ValueError, match="takes 8 px images, but the stage before it makes 16 px"):
+    with pytest.raises(ValueError, match="takes 8 px images of 3 channels, but the stage before it makes 16 px"):
         base.then(upscaler).then(upscaler)
     other_words = Tokenizer(vocabulary=tokenizer.vocabulary + ("zebra",), max_length=tokenizer.max_length)
     with pytest.raises(ValueError, match="another vocabulary"):
         base.then(dataclasses.replace(upscaler, tokenizer=other_words))
+    shorter = Tokenizer(vocabulary=tokenizer.vocabulary, max_length=tokenizer.max_length - 1)
+    with pytest.raises(ValueError, match="it would cut them"):
+        base.then(dataclasses.replace(upscaler, tokenizer=shorter))
     with pytest.raises(ValueError, match="augmentation level"):
         base.then(upscaler, augmentation_level=1.5)
     with pytest.raises(ValueError, match="samples with one of"):

@@ -86,6 +86,8 @@ def cmd_demo(args):
     settings = sampling_settings(args)
     objective = args.objective or args.recipe.get("objective", "diffusion")
     Generator.settings(objective, **settings)  # checked before minutes of training, not after
+    if args.upscale_from:
+        raise ValueError("the demo draws from captions alone: train an upscaler with minidiff train --upscale-from")
     state = run_training(args, DEMO_CAPTIONS)
     out = Path(args.out)
     save_loss_curve(state.losses, out / "loss.png")

@@ -243,7 +243,8 @@ def cascade_settings(args) -> list[dict]:
         if not count:
             raise ValueError(f"{_cascade_flag(name)} sets upscalers, and no --upscaler was given")
         if len(values) not in (1, count):
-            raise ValueError(f"{len(values)} values of {name} for {count} upscalers: give one, or one per upscaler")
+            raise ValueError(f"{_cascade_flag(name)} has {len(values)} values for {count} upscaler(s): give one, or "
+                             "one per --upscaler")
         for settings, value in zip(per_upscaler, values * count if len(values) == 1 else values):
             settings[name] = value
     if count and getattr(args, "x0_clipping", None):

@@ -63,7 +63,7 @@ def draw_upscaled(generator: Generator, images_uint8, captions, path, **settings
     real = to_model_range(jnp.asarray(images_uint8))
     low_res = downsample(real, generator.upscale_from)
     upscaled = generator.sample(captions, low_res=low_res, **settings)
-    small = jnp.repeat(jnp.repeat(low_res, size // generator.upscale_from, 1), size // generator.upscale_from, 2)
+    small = jax.image.resize(low_res, upscaled.shape, "nearest")  # each small pixel shown as a block
     rows = np.stack([small, upsample(low_res, size), upscaled, real], axis=1).reshape(-1, *upscaled.shape[1:])
     title = f"{generator.upscale_from} px, bicubic to {size} px, the upscaler, the real image"
     save_figure(captioned_grid(rows, captions, title=title), path)
@@ -103,9 +103,9 @@ def check_resumed_model(args, config: ModelConfig) -> None:
     for name in ("backbone", "objective", "upscale_from"):
         asked, saved = getattr(args, name), getattr(config, name)
         if asked is not None and asked != saved:
-            raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with {name} {saved}; it cannot "
-                                  f"resume with {asked}: drop --{name.replace('_', '-')}, or train a new run in "
-                                  "another --out")
+            raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with --{name.replace('_', '-')} "
+                                  f"{saved or 'none (a base model)'}; it cannot resume with {asked}: drop the option, "
+                                  "or train a new run in another --out")
 
 
 def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
