@@ -184,6 +184,9 @@ class Generator:
                 raise ValueError("this model is an upscaler: give it the images to upscale (low_res), or follow a "
                                  "base model with it (base.then(upscaler))")
             check_low_res(np.shape(low_res), self.upscale_from, self.image_shape[2])
+            if not np.issubdtype(np.asarray(low_res).dtype, np.floating):
+                raise ValueError(f"low_res must be floats in [-1, 1], got {np.asarray(low_res).dtype}: convert pixels "
+                                 "with minidiff.corruption.to_model_range")
             if len(low_res) != len(captions):
                 raise ValueError(f"{len(captions)} captions but {len(low_res)} images to upscale: give one per caption")
             check_augmentation_level(augmentation_level)

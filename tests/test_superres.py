@@ -185,6 +185,8 @@ def test_cascade_mismatches_are_clear_errors_before_sampling(base_and_upscaler, 
         upscaler.sample(["a red flower"])
     with pytest.raises(ValueError, match=r"shape \(N, 8, 8, 3\)"):
         upscaler.sample(["a red flower"], low_res=np.zeros((1, 16, 16, 3)))
+    with pytest.raises(ValueError, match="floats in"):
+        upscaler.sample(["a red flower"], low_res=np.zeros((1, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="one per caption"):
         upscaler.sample(["a red flower"], low_res=np.zeros((2, 8, 8, 3)))
     with pytest.raises(ValueError, match="low_res is for an upscaler"):
