@@ -12,7 +12,7 @@ and hands back images, in batches with a progress bar if asked.
 
 Later stages chain onto it: a cascade follows the generator with an upscaler
 (`then`: `minidiff.load("base.npz").then(minidiff.load("sr64.npz"))`), a latent
-model with the autoencoder's decoder. Each is a stage in `followed_by`, called
+model with its autoencoder's decoder (`decoded_by`, which `load` does itself). Each is a stage in `followed_by`, called
 on the images the one before made. An upscaler's own generator samples only
 with the images it upscales (`sample(captions, low_res=images)`).
 """
@@ -20,6 +20,7 @@ with the images it upscales (`sample(captions, low_res=images)`).
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minidiff import flows, sampling
+from minidiff.autoencoder import Autoencoder, decode_latents, load_autoencoder
 from minidiff.captions import Tokenizer
 from minidiff.corruption import NoiseSchedule
 from minidiff.machinery.checkpoints import Checkpoint
@@ -44,10 +46,12 @@ ALL_SAMPLERS = tuple(dict.fromkeys(s for samplers in SAMPLERS_OF.values() for s 
 
 
 def checked_sampler(objective: str, sampler: str | None, steps: int, guidance: float, eta: float,
-                    x0_clipping: str) -> str:
+                    x0_clipping: str | None) -> str:
     """A ValueError that says what is wrong with settings a model of this objective cannot sample with;
-    else the sampler to use (its objective's first when `sampler` is None)."""
+    else the sampler to use (its objective's first when `sampler` is None). x0_clipping None: the model's
+    own (`Generator.default_x0_clipping`)."""
     sampler = sampler or SAMPLERS_OF[objective][0]
+    x0_clipping = x0_clipping or "none"
     if sampler not in SAMPLERS_OF[objective]:
         raise ValueError(f"a {objective} model samples with one of {SAMPLERS_OF[objective]}, not {sampler!r}")
     if objective == "flow":
@@ -87,6 +91,21 @@ class Upscale:
         return self.generator.sample(captions, low_res=images, seed=seed, truncate=True, **self.settings)
 
 
+@dataclasses.dataclass(frozen=True)
+class Decode:
+    """A latent model's stage: its autoencoder's decoder, latents to images."""
+
+    autoencoder: Autoencoder
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        config = self.autoencoder.config
+        return (config.image_size, config.image_size, config.channels)
+
+    def __call__(self, latents, captions, seed):
+        return decode_latents(self.autoencoder, latents)
+
+
 @dataclasses.dataclass
 class Generator:
     model: TextToImage
@@ -95,9 +114,11 @@ class Generator:
     followed_by: Sequence[Stage] = ()
 
     @classmethod
-    def from_training(cls, state: TrainState) -> "Generator":
-        """The generator a run has trained so far: its EMA weights."""
-        return cls(state.ema, state.tokenizer, state.config.noise_schedule())
+    def from_training(cls, state: TrainState, autoencoder: Autoencoder | None = None) -> "Generator":
+        """The generator a run has trained so far: its EMA weights. A latent model's draws latents unless
+        given its `autoencoder`, whose decoder then makes them images."""
+        generator = cls(state.ema, state.tokenizer, state.config.noise_schedule())
+        return generator.decoded_by(autoencoder) if autoencoder is not None else generator
 
     @staticmethod
     def settings(objective: str = "diffusion", **given) -> dict:
@@ -128,6 +149,25 @@ class Generator:
         as an `Upscale` stage does), else the network's own."""
         shapes = [stage.image_shape for stage in self.followed_by if hasattr(stage, "image_shape")]
         return shapes[-1] if shapes else self.image_shape
+
+    @property
+    def latent(self) -> bool:
+        """Whether the network draws an autoencoder's latents, which the `Decode` stage turns into images."""
+        return self.model.config.latent
+
+    @property
+    def default_x0_clipping(self) -> str:
+        """Pixels live in [-1, 1], so x0 predictions are clipped there; latents have no such range."""
+        return "none" if self.latent else "static"
+
+    def decoded_by(self, autoencoder: Autoencoder) -> "Generator":
+        """This latent model's generator with its autoencoder's decoder as its first stage."""
+        if not self.latent:
+            raise ValueError("this model draws pixels: it has no latents to decode")
+        if autoencoder.config.latent_shape != self.image_shape:
+            raise ValueError(f"this latent model draws {self.image_shape} latents, but the autoencoder decodes "
+                             f"{autoencoder.config.latent_shape} ones: give the one it was trained with")
+        return dataclasses.replace(self, followed_by=(Decode(autoencoder), *self.followed_by))
 
     @property
     def upscale_from(self) -> int:
@@ -161,7 +201,7 @@ class Generator:
         return dataclasses.replace(self, followed_by=(*self.followed_by, stage))
 
     def sample(self, captions: Sequence[str], *, sampler: str | None = None, steps: int = 50, guidance: float = 3.0,
-               eta: float = 0.0, seed: int = 0, x0_clipping: str = "static", truncate: bool = False,
+               eta: float = 0.0, seed: int = 0, x0_clipping: str | None = None, truncate: bool = False,
                batch_size: int = 64, keep_trajectory: bool = False, progress: bool = False, low_res=None,
                augmentation_level: float = DEFAULT_AUGMENTATION_LEVEL):
         """One image per caption: (N, H, W, C) float32 in [-1, 1] (`corruption.to_uint8` makes pixels).
@@ -173,8 +213,13 @@ class Generator:
         `sampler` is one of the model's objective's (`SAMPLERS_OF`; None: DDIM for diffusion,
         Euler for a flow); the other settings are `minidiff.sampling.sample`'s. An upscaler
         takes `low_res`, one image (N, h, w, C) in [-1, 1] per caption, which it sees noised at
-        `augmentation_level` (`minidiff.superres`).
+        `augmentation_level` (`minidiff.superres`). x0_clipping None: static for pixels, none for a
+        latent model, whose images are decoded from what the sampler draws.
         """
+        if self.latent and x0_clipping not in (None, "none"):
+            raise ValueError(f"a latent model's x0 is a latent, with no range to clip to: x0_clipping must be none, "
+                             f"got {x0_clipping}")
+        x0_clipping = x0_clipping or self.default_x0_clipping
         sampler = checked_sampler(self.objective, sampler, steps, guidance, eta, x0_clipping)
         captions = list(captions)
         if not captions:
@@ -240,11 +285,27 @@ class Generator:
         return sampling.sample(self.model, self.schedule, noise, token_ids, empty_ids, loop_key, **settings)
 
 
-def load(path, use_ema: bool = True) -> Generator:
-    """The generator saved in a training run's checkpoint, with the EMA weights unless told otherwise."""
+def autoencoder_of(config: ModelConfig, path=None) -> Autoencoder:
+    """A latent model's autoencoder: the file at `path`, else where it was when the model trained; refused
+    unless it is that very file (its SHA-256)."""
+    path = path or config.autoencoder_file
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"this latent model needs the autoencoder it was trained with (SHA-256 "
+                                f"{config.autoencoder_sha256[:12]}...), which was at {config.autoencoder_file}; there is "
+                                f"no file at {path}: give its path (--autoencoder)")
+    return load_autoencoder(path, sha256=config.autoencoder_sha256)
+
+
+def load(path, use_ema: bool = True, autoencoder=None) -> Generator:
+    """The generator saved in a training run's checkpoint, with the EMA weights unless told otherwise.
+    A latent model decodes with its autoencoder, from the file `autoencoder` or the one it recorded."""
     checkpoint = Checkpoint(path)
     model_config, tokenizer, train_config = checkpoint.fields("model_config", "tokenizer", "train_config",
                                                               kind="generator")
-    model = shapes_only(TextToImage, ModelConfig.from_dict(model_config))
+    config = ModelConfig.from_dict(model_config)
+    if autoencoder is not None and not config.latent:
+        raise ValueError(f"{path} is a pixel model: it needs no autoencoder")
+    model = shapes_only(TextToImage, config)
     checkpoint.restore("ema" if use_ema and checkpoint.has("ema") else "model", model)
-    return Generator(model, Tokenizer.from_dict(tokenizer), TrainConfig.from_dict(train_config).noise_schedule())
+    generator = Generator(model, Tokenizer.from_dict(tokenizer), TrainConfig.from_dict(train_config).noise_schedule())
+    return generator.decoded_by(autoencoder_of(config, autoencoder)) if config.latent else generator

@@ -5,6 +5,8 @@
     x_t, noise level t ---------------------------> UNet or DiT --> eps / x0 / v, or a velocity
     (an upscaler's low-res image and its level) ----^
 
+x_t is an image, or for a latent model an autoencoder's latent (`minidiff.autoencoder`).
+
 The denoiser's backbone is a U-Net (`minidiff.denoiser`) or a transformer over
 patches (`minidiff.dit`); the objective is diffusion (`minidiff.corruption`:
 the network predicts eps, x0 or v) or a straight-line flow (`minidiff.flows`:
@@ -40,6 +42,11 @@ class ModelConfig:
     # An upscaler's (`minidiff.superres`): the side of the low-resolution image it is conditioned on, besides
     # the caption; its denoiser takes that image as extra input channels. 0: a base model, captions alone.
     upscale_from: int = 0
+    # A latent model's (`minidiff.autoencoder`): the SHA-256 of the autoencoder file whose latents it diffuses
+    # (its denoiser's image_size and channels are the latent's), and where that file was when it trained.
+    # "": a pixel model.
+    autoencoder_sha256: str = ""
+    autoencoder_file: str = ""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -51,6 +58,15 @@ class ModelConfig:
             raise ValueError(f"the denoiser's caption_dim ({self.denoiser.caption_dim}) must equal "
                              f"text.dim ({self.text.dim})")
         self._check_upscaler()
+        if bool(self.autoencoder_sha256) != bool(self.autoencoder_file):
+            raise ValueError("a latent model records both its autoencoder's file and its SHA-256, or neither")
+        if self.autoencoder_sha256 and self.upscale_from:
+            raise ValueError("an upscaler works on pixels here: it cannot be a latent model too")
+
+    @property
+    def latent(self) -> bool:
+        """Whether the model diffuses an autoencoder's latents rather than pixels."""
+        return bool(self.autoencoder_sha256)
 
     def _check_upscaler(self):
         denoiser, size = self.denoiser, self.denoiser.image_size
@@ -73,7 +89,8 @@ class ModelConfig:
         """The config as a checkpoint's header holds it: the denoiser's fields under its backbone's name."""
         return {"backbone": self.backbone, self.backbone: dataclasses.asdict(self.denoiser),
                 "text": dataclasses.asdict(self.text), "prediction": self.prediction, "objective": self.objective,
-                "upscale_from": self.upscale_from}
+                "upscale_from": self.upscale_from, "autoencoder_sha256": self.autoencoder_sha256,
+                "autoencoder_file": self.autoencoder_file}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -87,7 +104,8 @@ class ModelConfig:
             fields.setdefault("modulated_output_norm", False)  # checkpoints from before the option have a plain one
         return cls(denoiser=BACKBONES[backbone](**fields), text=TextEncoderConfig(**d["text"]),
                    prediction=d["prediction"], objective=d.get("objective", "diffusion"),
-                   upscale_from=d.get("upscale_from", 0))
+                   upscale_from=d.get("upscale_from", 0), autoencoder_sha256=d.get("autoencoder_sha256", ""),
+                   autoencoder_file=d.get("autoencoder_file", ""))
 
 
 # Named sizes of the U-Net, and of the text encoder that goes with it (dim, depth, heads).

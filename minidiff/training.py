@@ -190,12 +190,13 @@ def drop_captions(key, token_ids, empty_ids, probability: float):
     return jnp.where(drop, empty_ids[None, :], token_ids)
 
 
-def train_step(model, optimizer, ema, schedule, images_uint8, token_ids, empty_ids, key, learning_rate,
+def train_step(model, optimizer, ema, schedule, images, token_ids, empty_ids, key, learning_rate,
                config: TrainConfig):
     """One optimisation step at `learning_rate`; returns the loss. Updates model, optimizer and ema in place.
+    `images`: uint8 pixels, or a latent model's latents (`minidiff.latents`), which are used as they are.
 
     Plain Python: `train` runs it compiled, as a `machinery.compiled_step.CompiledStep`."""
-    x0 = to_model_range(images_uint8)  # on the device
+    x0 = to_model_range(images) if images.dtype == jnp.uint8 else images  # on the device
     drop_key, loss_key = jax.random.split(key)
     token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
     loss, grads = nnx.value_and_grad(training_loss)(model, schedule, x0, token_ids, loss_key, config)

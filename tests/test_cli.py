@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from minidiff.autoencoder import file_sha256
 from minidiff.command.benchmark import benchmark
 from minidiff.command.cli import (DEMO_CAPTIONS, DEMO_GUIDANCE, DEMO_MINUTES, DEMO_RECIPE, build_parser, draw_grid,
                                   main)
@@ -16,7 +17,6 @@ from minidiff.command.options import TRAIN_OPTIONS
 from minidiff.corruption import PREDICTIONS
 from minidiff.datasets import DATASETS, load_dataset
 from minidiff.evaluation.evaluate import evaluate
-from minidiff.evaluation.judge import train_judge
 from minidiff.evaluation.pixel_judge import measure_pixel_adherence
 from minidiff.flows import FLOW_SAMPLERS, TIME_SAMPLINGS, VELOCITY
 from minidiff.generator import Generator
@@ -41,7 +41,7 @@ def option(command, flag):
 
 def test_help_explains_every_command_and_option(capsys):
     parser = build_parser()
-    for command in ("demo", "train", "sample", "adherence", "evaluate", "bench"):
+    for command in ("demo", "train", "train-autoencoder", "sample", "adherence", "evaluate", "bench"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         text = capsys.readouterr().out
@@ -97,7 +97,9 @@ def test_option_defaults_and_choices_are_the_libraries_own():
     assert option("sample", "--per-caption").default == defaults_of(draw_grid)["per_caption"]
     assert option("adherence", "--num-images").default == defaults_of(measure_pixel_adherence)["num_images"]
     assert option("evaluate", "--num-samples").default == defaults_of(evaluate)["num_samples"]
-    assert option("evaluate", "--judge-steps").default == defaults_of(train_judge)["steps"]
+    assert option("evaluate", "--judge-steps").default is None  # judge_for's, per kind of data
+    assert option("train", "--autoencoder").default is None and option("sample", "--autoencoder").default is None
+    assert option("train-autoencoder", "--steps").default is None  # AutoencoderTraining's, or a resumed run's
     assert option("train", "--split").default == defaults_of(load_dataset)["split"]
     assert option("bench", "--image-size").default == [defaults_of(preset)["image_size"]]
     assert option("bench", "--precision").default == TrainConfig.precision
@@ -175,7 +177,7 @@ def test_train_then_sample_and_evaluate(trained, tmp_path, capsys):
     assert main(args) == 0
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["nfe"] == 3 and metrics["num_samples"] == 4 and 0 <= metrics["judge_adherence_mean"] <= 1
-    assert (trained / "judge-toy-16px.npz").is_file() and (evaluation / "samples.png").is_file()
+    assert (trained / "judge-toy-train-16px.npz").is_file() and (evaluation / "samples.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -238,7 +240,7 @@ def test_an_upscaler_trains_and_follows_a_base_model_in_sample_and_evaluate(trai
     evaluation = tmp_path / "evaluation"
     assert main(["evaluate", *cascade, "--num-samples", "4", "--steps", "2", "--upscaler-steps", "2",
                  "--judge-steps", "2", "--out", str(evaluation), "--quiet"]) == 0
-    assert (trained / "judge-toy-32px.npz").is_file()  # the judge of the cascade's output size
+    assert (trained / "judge-toy-train-32px.npz").is_file()  # the judge of the cascade's output size
     for extra, message in (
             (["--checkpoint", str(upscaler / "checkpoint.npz")], "is an upscaler (from 16 px): give a base model's"),
             ([*cascade, "--upscaler", str(upscaler / "checkpoint.npz")], "takes 16 px images of 3 channels, but the "
@@ -249,6 +251,48 @@ def test_an_upscaler_trains_and_follows_a_base_model_in_sample_and_evaluate(trai
              "--upscaler-guidance sets upscalers, and no --upscaler was given")):
         assert main(["sample", *extra, "--caption", "a red flower", "--out", str(tmp_path / "bad.png")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+
+
+def test_a_latent_model_trains_on_its_autoencoders_latents_and_samples_like_any(tmp_path, capsys, monkeypatch):
+    """`train-autoencoder` (and its resume), then `train --autoencoder`; `sample` finds the autoencoder the
+    checkpoint records, and refuses another."""
+    monkeypatch.setenv("MINIDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    data = ["--image-size", "16", "--num-images", "32", "--batch-size", "4", "--quiet"]
+    autoencoder = tmp_path / "ae"
+    assert main(["train-autoencoder", *data, "--steps", "2", "--out", str(autoencoder)]) == 0
+    out = capsys.readouterr().out
+    assert "16 px images to 4x4x4 latents (f = 4)" in out and "dB PSNR" in out
+    assert all((autoencoder / name).is_file() for name in ("autoencoder.npz", "reconstructions.png", "loss.png"))
+    assert main(["train-autoencoder", *data, "--steps", "3", "--resume", "--out", str(autoencoder)]) == 0
+    assert "resuming" in capsys.readouterr().out and Checkpoint(autoencoder / "autoencoder.npz").header["step"] == 3
+    assert main(["train-autoencoder", *data, "--factor", "8", "--resume", "--out", str(autoencoder)]) == 2
+    assert "--factor is the resumed autoencoder's own" in capsys.readouterr().err
+    file = autoencoder / "autoencoder.npz"
+
+    run = tmp_path / "latent"
+    assert main(["train", *data, "--autoencoder", str(file), "--preset", "tiny", "--steps", "2", "--sample-every", "2",
+                 "--out", str(run)]) == 0
+    assert "a latent model: it diffuses 4x4x4 latents" in capsys.readouterr().out
+    assert (run / "samples_step000002.png").is_file()
+    assert Checkpoint(run / "checkpoint.npz").header["model_config"]["autoencoder_sha256"] == file_sha256(file)
+    assert len(list((tmp_path / "cache").glob("latents-*.npy"))) == 1
+    sample = ["sample", "--checkpoint", str(run / "checkpoint.npz"), "--caption", "a red flower", "--steps", "2",
+              "--per-caption", "2"]
+    assert main([*sample, "--out", str(tmp_path / "grid.png")]) == 0 and (tmp_path / "grid.png").is_file()
+
+    other = tmp_path / "other"
+    assert main(["train-autoencoder", *data, "--steps", "2", "--seed", "1", "--out", str(other)]) == 0
+    capsys.readouterr()
+    for extra, message in ((["--autoencoder", str(other / "autoencoder.npz")], "not the autoencoder this model was "
+                             "trained with"),
+                           (["--autoencoder", str(tmp_path / "gone.npz")], "no file at"),
+                           (["--x0-clipping", "static"], "no range to clip to")):
+        assert main([*sample, *extra, "--out", str(tmp_path / "bad.png")]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error and not (tmp_path / "bad.png").exists(), extra
+    assert main(["train", *data, "--image-size", "32", "--autoencoder", str(file), "--steps", "1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "the autoencoder encodes 16 px images" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):

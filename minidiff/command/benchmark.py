@@ -15,13 +15,15 @@ CLI does. For one (preset, image size, batch size) it measures:
   - peak memory: the device's peak bytes in use (GPU, TPU), or the process's
     peak resident memory on a CPU.
 
-The data are the embedded set's images, so nothing is read from disk while timing.
+The data are the embedded set's images, so nothing is read from disk while timing. A latent model
+(`latent_factor`) is timed on random latents of the shape its autoencoder would give.
 
 With `pytorch=True` it also times the same network built from HF diffusers
 (`minidiff.command.pytorch_peer`, the `bench` extra) on the same batch and device, and
 reports minidiff's train images/s as a multiple of the peer's.
 """
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -39,6 +41,7 @@ from minidiff.machinery.sharding import mesh_for_batch, replicate, shard_batch
 from minidiff.model import count_parameters, preset
 from minidiff.training import TrainConfig, compiled_train_step, new_train_state, training_loss
 
+LATENT_CHANNELS = 4  # c of the latents a latent model is timed on (Rombach et al. 2022's)
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
 PEAK_FLOPS = {
@@ -63,18 +66,28 @@ def peak_memory_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
 
 
-def _setup(preset_name: str, image_size: int, batch_size: int, precision: str, backbone: str = "unet"):
+def _setup(preset_name: str, image_size: int, batch_size: int, precision: str, backbone: str = "unet",
+           latent_factor: int = 0):
     """A fresh train state and one batch of the embedded set, on the devices `train` would use:
     the batch split over as many of this host's devices as divide it, the modules replicated.
-    Also returns the batch's captions and that mesh (None for one device)."""
+    Also returns the batch's captions and that mesh (None for one device). With `latent_factor` f, a
+    latent model of images of that size: its denoiser sees (size / f)^2 x 4 latents, here random ones
+    (a latent model trains on latents cached beforehand, so no encoder runs in its step)."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
-    model_config = preset(preset_name, tokenizer.vocab_size, image_size=image_size, max_length=tokenizer.max_length,
-                          backbone=backbone)
+    size, latent = image_size, {}
+    if latent_factor:
+        size, latent = image_size // latent_factor, {"channels": LATENT_CHANNELS}
+    model_config = preset(preset_name, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
+                          backbone=backbone, **latent)
+    if latent_factor:  # no file: the benchmark draws latents and decodes none
+        model_config = dataclasses.replace(model_config, autoencoder_sha256="none", autoencoder_file="none")
     config = TrainConfig(batch_size=batch_size, precision=precision)
     state = new_train_state(model_config, tokenizer, config)
     schedule = config.noise_schedule()
     images = data.images[:batch_size]
+    if latent_factor:
+        images = np.random.default_rng(0).normal(size=(batch_size, size, size, LATENT_CHANNELS)).astype(np.float32)
     captions = [c[0] for c in data.captions[:batch_size]]
     ids = tokenizer.encode_batch(captions, truncate=True)
     empty = jnp.asarray(tokenizer.empty(1)[0])
@@ -129,10 +142,13 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
 
 
 def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 10, precision: str = "float32",
-              sampling: bool = True, pytorch: bool = False, backbone: str = "unet") -> dict:
-    """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring."""
+              sampling: bool = True, pytorch: bool = False, backbone: str = "unet", latent_factor: int = 0) -> dict:
+    """Time `steps` train steps (after the compiling one) and one batch of sampling; see the module docstring.
+    With `latent_factor`, of a latent model of images of `image_size` (its sampling draws latents, not decoded)."""
+    if pytorch and latent_factor:
+        raise ValueError("the PyTorch peer is timed on pixel models only")
     state, schedule, images, ids, empty, captions, mesh = _setup(preset_name, image_size, batch_size, precision,
-                                                                 backbone)
+                                                                 backbone, latent_factor)
     model_config = state.model.config
     num_devices = mesh.size if mesh is not None else 1
     step = compiled_train_step(state)  # what `train` runs
@@ -150,7 +166,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     peak = peak_flops(device, precision)
     result = {
         "device": device.device_kind, "devices": num_devices, "backbone": backbone, "preset": preset_name,
-        "image_size": image_size,
+        "image_size": image_size, "latent_factor": latent_factor,
         "batch_size": batch_size, "precision": precision, "parameters": count_parameters(state.model),
         "compile_s": compile_seconds, "step_s": step_seconds, "train_images_per_s": batch_size / step_seconds,
         "step_tflop": flops / 1e12, "achieved_tflop_per_s": flops / step_seconds / 1e12,
@@ -182,7 +198,8 @@ def _percent(x):
 
 def format_row(r: dict) -> str:
     sampling = f"{r['sample_images_per_s']:.0f}" if "sample_images_per_s" in r else "-"
-    row = (f"| {r['backbone']} {r['preset']} | {r['image_size']} | {r['batch_size']} | {r['devices']} "
+    size = f"{r['image_size']}" + (f" (latent, f = {r['latent_factor']})" if r.get("latent_factor") else "")
+    row = (f"| {r['backbone']} {r['preset']} | {size} | {r['batch_size']} | {r['devices']} "
            f"| {r['precision']} | {r['parameters'] / 1e6:.1f} M | {r['compile_s']:.1f} | {r['train_images_per_s']:.1f} | {sampling} "
            f"| {r['achieved_tflop_per_s']:.3f} | {_percent(r['mfu'])} | {r['peak_memory_gb']:.1f} |")
     if "speedup" in r:

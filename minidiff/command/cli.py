@@ -1,4 +1,4 @@
-"""The `minidiff` command: demo, train, sample, adherence, evaluate, bench.
+"""The `minidiff` command: demo, train, train-autoencoder, sample, adherence, evaluate, bench.
 
     minidiff demo                                   # train on the embedded data, then draw captions
     minidiff train --out runs/flowers --steps 2000
@@ -19,16 +19,18 @@ import numpy as np
 
 from minidiff.captions import CaptionError
 from minidiff.command.benchmark import benchmark, format_row, table_header
-from minidiff.command.options import (add_cascade_options, add_sampling_options, add_training_options, at_least,
-                                      default_of, field_option, parameter_option, sampling_settings)
-from minidiff.command.runs import draw_grid, run_training, with_upscalers
+from minidiff.autoencoder import FACTORS, AutoencoderConfig, autoencoder_preset
+from minidiff.command.options import (add_autoencoder_option, add_cascade_options, add_data_options,
+                                      add_sampling_options, add_training_options, at_least, default_of, field_option,
+                                      parameter_option, positive_number, sampling_settings)
+from minidiff.command.runs import draw_grid, run_autoencoder_training, run_training, with_upscalers
 from minidiff.datasets import DATASETS
-from minidiff.evaluation.evaluate import evaluate, judge_for, reference_set
+from minidiff.evaluation.evaluate import JUDGE_STEPS, evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
-from minidiff.evaluation.judge import train_judge
 from minidiff.evaluation.pixel_judge import adherence_lines, measure_pixel_adherence
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
 from minidiff.generator import SAMPLING_SETTINGS, Generator, load
+from minidiff.latents import AutoencoderTraining
 from minidiff.machinery.atomic import atomic_write
 from minidiff.machinery.checkpoints import CheckpointError
 from minidiff.machinery.compilation import enable_compilation_cache
@@ -70,6 +72,10 @@ def cmd_train(args):
     print(f"wrote {Path(args.out) / 'checkpoint.npz'} and {Path(args.out) / 'loss.png'}")
 
 
+def cmd_train_autoencoder(args):
+    run_autoencoder_training(args)
+
+
 def grade_demo(generator: Generator, num_images: int = DEMO_GRADED_IMAGES, **settings) -> list[str]:
     """How well the demo's model follows captions, as lines to print: the pixel judge on `num_images`
     captions of the embedded set's test split (attribute pairs seen in training) and as many of its
@@ -105,13 +111,13 @@ def cmd_demo(args):
 
 
 def cmd_sample(args):
-    generator = with_upscalers(load(args.checkpoint, use_ema=not args.no_ema), args)
+    generator = with_upscalers(load(args.checkpoint, use_ema=not args.no_ema, autoencoder=args.autoencoder), args)
     draw_grid(generator, args.caption, args.out, per_caption=args.per_caption, **sampling_settings(args))
     print(f"wrote {args.out}")
 
 
 def cmd_adherence(args):
-    generator = with_upscalers(load(args.checkpoint), args)
+    generator = with_upscalers(load(args.checkpoint, autoencoder=args.autoencoder), args)
     settings = sampling_settings(args)
     seed = settings.pop("seed")
     for guidance in args.guidance:
@@ -129,7 +135,7 @@ def cmd_adherence(args):
 
 
 def cmd_evaluate(args):
-    generator = with_upscalers(load(args.checkpoint), args)
+    generator = with_upscalers(load(args.checkpoint, autoencoder=args.autoencoder), args)
     size = generator.output_shape[0]
     reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
     settings = Generator.settings(generator.objective, **sampling_settings(args))  # checked before a judge is trained
@@ -166,9 +172,11 @@ def cmd_bench(args):
     for backbone in args.backbone:
         for preset_name in args.preset:
             for size in args.image_size:
-                rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps, precision=args.precision,
-                                      pytorch=args.pytorch, backbone=backbone))
-                print(format_row(rows[-1]), flush=True)
+                for factor in args.latent_factor:
+                    rows.append(benchmark(preset_name, size, args.batch_size, steps=args.steps,
+                                          precision=args.precision, pytorch=args.pytorch and not factor,
+                                          backbone=backbone, latent_factor=factor))
+                    print(format_row(rows[-1]), flush=True)
     print(f"device: {rows[-1]['device']}")
     if args.out:
         atomic_write(args.out, lambda f: f.write(json.dumps(rows, indent=2).encode()))
@@ -196,11 +204,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(train_command, {"steps": TrainConfig.steps}, out="runs/train", sample_every=500)
     train_command.set_defaults(run=cmd_train)
 
+    ae = commands.add_parser("train-autoencoder", help="train the autoencoder a latent model diffuses in",
+                             description="Train an autoencoder (images to latents f times smaller on a side, and "
+                             "back); writes OUT/autoencoder.npz, OUT/loss.png and OUT/reconstructions.png (held-out "
+                             "images beside their reconstructions). Then: minidiff train --autoencoder "
+                             "OUT/autoencoder.npz trains a diffusion model on its latents.")
+    add_data_options(ae)
+    shape = ae.add_argument_group("autoencoder")
+    parameter_option(shape, autoencoder_preset, "image_size", "image side in pixels", type=at_least(1))
+    shape.add_argument("--factor", type=int, choices=FACTORS, help="how many times smaller the latent is on each side "
+                       "(default: 4)")
+    shape.add_argument("--latent-channels", type=at_least(1),
+                       help=f"channels of the latent (default: {AutoencoderConfig.latent_channels})")
+    shape.add_argument("--kl-weight", type=float, help="weight of the KL term that keeps the latent near a standard "
+                       f"Gaussian (default: {AutoencoderConfig.kl_weight:g})")
+    training = ae.add_argument_group("training")
+    either = training.add_mutually_exclusive_group()
+    either.add_argument("--steps", type=at_least(1), help=f"train for this many steps (default: "
+                        f"{AutoencoderTraining.steps}; with --resume, the run's own)")
+    either.add_argument("--minutes", type=positive_number, help="train for this many minutes, compiling not counted")
+    for name, help in (("batch_size", "images per step"), ("learning_rate", "peak AdamW learning rate"),
+                       ("seed", "seed of initialisation and batches"),
+                       ("checkpoint_every", "steps between checkpoints, 0 = only at the end")):
+        field_option(training, AutoencoderTraining, name, help)
+    training.add_argument("--out", default="runs/autoencoder", help="output folder (default: %(default)s)")
+    training.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    ae.set_defaults(run=cmd_train_autoencoder)
+
     smp = commands.add_parser("sample", help="generate images from captions with a trained model",
                               description="Generate a PNG grid: one row of images per caption.")
     smp.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
     smp.add_argument("--caption", action="append", required=True, help="a caption; repeat for several rows")
     add_sampling_options(smp)
+    add_autoencoder_option(smp)
     add_cascade_options(smp)
     parameter_option(smp, draw_grid, "per_caption", "images per caption", type=at_least(1))
     smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their moving average")
@@ -217,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     adh.add_argument("--guidance", type=float, nargs="+", default=[1.0, DEMO_GUIDANCE],
                      help=f"guidance scales (default: 1 and the demo's {DEMO_GUIDANCE:g})")
     add_sampling_options(adh, [name for name in SAMPLING_SETTINGS if name != "guidance"])
+    add_autoencoder_option(adh)
     add_cascade_options(adh)
     adh.add_argument("--out", help="also write the scores to this JSON file")
     adh.set_defaults(run=cmd_adherence)
@@ -233,10 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     parameter_option(ev, evaluate, "num_samples", "images to generate; compare figures only at equal N",
                      type=at_least(2))
     add_sampling_options(ev)
+    add_autoencoder_option(ev)
     add_cascade_options(ev)
     ev.add_argument("--judge", help="a judge file (judge-*.npz); default: the one beside the checkpoint, trained if missing")
-    parameter_option(ev, train_judge, "steps", "training steps of a new judge", flag="--judge-steps",
-                     dest="judge_steps", type=at_least(1))
+    ev.add_argument("--judge-steps", type=at_least(1), help="training steps of a new judge (default: "
+                    + ", ".join(f"{steps} for {kind} data" for kind, steps in JUDGE_STEPS.items()) + ")")
     ev.add_argument("--inception", help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz)")
     ev.add_argument("--out", default="runs/evaluation", help="folder for metrics.json and samples.png (default: %(default)s)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -250,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="denoisers to time: unet, dit (default: unet)")
     parameter_option(bench, preset, "image_size", "image sizes", type=at_least(1), nargs="+",
                      default=[default_of(preset, "image_size")])
+    bench.add_argument("--latent-factor", type=int, nargs="+", default=[0], choices=(0, *FACTORS),
+                       help="also time latent models of these images, their latents f times smaller on a side, e.g. "
+                       "0 4 8 (0: the pixel model) (default: 0)")
     bench.add_argument("--batch-size", type=at_least(1), default=32, help="images per step (default: %(default)s)")
     parameter_option(bench, benchmark, "steps", "timed train steps after the compiling one", type=at_least(1))
     field_option(bench, TrainConfig, "precision", "float32, or bfloat16 mixed precision", choices=PRECISIONS)
@@ -269,7 +311,7 @@ def main(argv=None):
     enable_compilation_cache()
     try:
         args.run(args)
-    except (CaptionError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as error:
+    except (CaptionError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"minidiff {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

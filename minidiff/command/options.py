@@ -96,12 +96,8 @@ def train_config(args, default_length: dict) -> TrainConfig:
     return TrainConfig(**{name: getattr(args, name) for name in TRAIN_OPTIONS}, **run_length(args, default_length))
 
 
-def add_training_options(p, length: dict, out: str, sample_every: int, recipe: dict | None = None):
-    """The options of `train` and `demo`, which differ in their defaults for these: `length` is
-    {"steps": N} or {"minutes": M}; `recipe` may set the defaults of preset, backbone, objective,
-    attention_at (for a U-Net), batch_size and learning_rate."""
-    recipe = recipe or {}
-    given = lambda name: {"default": recipe[name]} if name in recipe else {}  # noqa: E731
+def add_data_options(p):
+    """--dataset, --data-dir, --split and the other options that say which images a run trains on."""
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="toy", choices=DATASETS,
                       help="training data (default: %(default)s, the embedded flowers and birds; flowers = Oxford-102, "
@@ -118,6 +114,15 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
     parameter_option(data, load_dataset, "num_images", "images to generate for the embedded dataset",
                      type=at_least(1))
     parameter_option(data, load_dataset, "seed", "seed of the embedded dataset", flag="--data-seed", dest="data_seed")
+
+
+def add_training_options(p, length: dict, out: str, sample_every: int, recipe: dict | None = None):
+    """The options of `train` and `demo`, which differ in their defaults for these: `length` is
+    {"steps": N} or {"minutes": M}; `recipe` may set the defaults of preset, backbone, objective,
+    attention_at (for a U-Net), batch_size and learning_rate."""
+    recipe = recipe or {}
+    given = lambda name: {"default": recipe[name]} if name in recipe else {}  # noqa: E731
+    add_data_options(p)
 
     model = p.add_argument_group("model")
     parameter_option(model, preset, "image_size", "image side in pixels", type=at_least(1))
@@ -139,6 +144,9 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
                        help="train an upscaler, a cascade's super-resolution stage: from SIZE px images (each training "
                        "image downsampled) to --image-size, conditioned on the caption too (default: a base model, "
                        "which draws from the caption alone; with --resume, the run's own)")
+    model.add_argument("--autoencoder", metavar="FILE", help="train a latent model: diffuse the latents of this "
+                       "autoencoder (minidiff train-autoencoder's autoencoder.npz), at --image-size its images' size; "
+                       "the dataset is encoded once and cached (default: diffuse pixels; with --resume, the run's own)")
     choices = tuple(dict.fromkeys(p for predictions in OBJECTIVES.values() for p in predictions))
     model.add_argument("--prediction", choices=choices, help="what the network predicts (default: "
                        + ", ".join(f"{predictions[0]} for {name}" for name, predictions in OBJECTIVES.items()) + ")")
@@ -183,7 +191,8 @@ SAMPLING_OPTIONS = {
     "guidance": ("classifier-free guidance: 1 = none, 0 = ignore the caption", {}),
     "eta": ("DDIM noise: 0 = deterministic, 1 = like DDPM", {}),
     "x0_clipping": ("what is done to each x0 prediction: static = clip to the image range [-1, 1], dynamic = "
-                    "scale each image that overshoots back into it (Imagen), none = nothing",
+                    "scale each image that overshoots back into it (Imagen), none = nothing (default: static for a "
+                    "pixel model, none for a latent one)",
                     dict(type=str, choices=X0_CLIPPINGS)),
     "seed": ("noise seed", {}),
 }
@@ -202,6 +211,12 @@ def add_sampling_options(p, names=SAMPLING_SETTINGS, **defaults):
 def sampling_settings(args) -> dict:
     """The `Generator.sample` settings the command's sampling options asked for."""
     return {name: getattr(args, name) for name in args.sampling_options}
+
+
+def add_autoencoder_option(p):
+    """--autoencoder, for the commands that load a model to draw with."""
+    p.add_argument("--autoencoder", metavar="FILE", help="a latent model's autoencoder, if it is no longer where it "
+                   "was when the model trained (it must be the same file)")
 
 
 # The settings each upscaler of a cascade draws with, as options of one value (every upscaler) or one per

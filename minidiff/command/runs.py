@@ -13,11 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from minidiff.captions import SPECIAL_TOKENS, Tokenizer
-from minidiff.command.options import cascade_settings, train_config
-from minidiff.corruption import to_model_range
+from minidiff.command.options import cascade_settings, run_length, train_config
+from minidiff.corruption import to_model_range, to_uint8
 from minidiff.datasets import CaptionedImages, load_dataset
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
-from minidiff.generator import Generator, load
+from minidiff.autoencoder import Autoencoder, autoencoder_preset, decode_latents, encode_images, load_autoencoder
+from minidiff.generator import Generator, autoencoder_of, load
+from minidiff.evaluation.evaluate import reference_set
+from minidiff.evaluation.metrics import psnr
+from minidiff.latents import (AutoencoderRun, AutoencoderTraining, autoencoder_identity, latent_dataset,
+                              new_autoencoder_run, resume_autoencoder_run, train_autoencoder)
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.sharding import data_mesh, mesh_for_batch
 from minidiff.model import ModelConfig, count_parameters, preset
@@ -83,9 +88,9 @@ def load_training_data(args, image_size: int) -> CaptionedImages:
     return dataset
 
 
-def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
+def model_config(args, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None) -> ModelConfig:
     """The model --preset, --backbone, --objective, --image-size, --attention-at and --prediction ask for,
-    reading `tokenizer`'s words."""
+    reading `tokenizer`'s words; with the --autoencoder, a latent model (its denoiser sees the latents)."""
     backbone = args.backbone or args.recipe.get("backbone", "unet")
     objective = args.objective or args.recipe.get("objective", "diffusion")
     overrides = {}
@@ -93,13 +98,22 @@ def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
         if backbone != "unet":  # the demo's recipe places a U-Net's attention: a DiT ignores it
             raise ValueError("--attention-at places the U-Net's attention; every block of a DiT attends")
         overrides["attention_resolutions"] = tuple(args.attention_at)
-    config = preset(args.preset, tokenizer.vocab_size, image_size=args.image_size, max_length=tokenizer.max_length,
+    size, latent = args.image_size, {}
+    if autoencoder is not None:  # the denoiser works at the latent's side, on its channels
+        size, _, overrides["channels"] = autoencoder.config.latent_shape
+        file, sha256 = autoencoder_identity(args.autoencoder)
+        latent = {"autoencoder_sha256": sha256, "autoencoder_file": file}
+    config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
                     backbone=backbone, objective=objective, upscale_from=args.upscale_from or 0, **overrides)
-    return dataclasses.replace(config, prediction=args.prediction) if args.prediction else config
+    return dataclasses.replace(config, **latent, **({"prediction": args.prediction} if args.prediction else {}))
 
 
 def check_resumed_model(args, config: ModelConfig) -> None:
-    """--backbone, --objective and --upscale-from, where given with --resume, must be the run's own."""
+    """--backbone, --objective and --upscale-from, where given with --resume, must be the run's own; an
+    --autoencoder must be the very file a latent run trained with (`generator.autoencoder_of` checks)."""
+    if args.autoencoder and not config.latent:
+        raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a pixel model's run; it cannot resume with "
+                              "--autoencoder: drop the option, or train a new run in another --out")
     for name in ("backbone", "objective", "upscale_from"):
         asked, saved = getattr(args, name), getattr(config, name)
         if asked is not None and asked != saved:
@@ -108,7 +122,8 @@ def check_resumed_model(args, config: ModelConfig) -> None:
                                   "or train a new run in another --out")
 
 
-def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) -> TrainState:
+def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig,
+                         autoencoder: Autoencoder | None = None) -> TrainState:
     """The run saved in --out (with --resume), or a new model for this dataset's captions."""
     if args.resume:
         state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
@@ -117,7 +132,7 @@ def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig) ->
         print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
         return state
     tokenizer = Tokenizer.from_captions(dataset.all_captions())
-    return new_train_state(model_config(args, tokenizer), tokenizer, config)
+    return new_train_state(model_config(args, tokenizer, autoencoder), tokenizer, config)
 
 
 def describe_model(state: TrainState, preset_name: str) -> str:
@@ -130,6 +145,9 @@ def describe_model(state: TrainState, preset_name: str) -> str:
         shape = (f"DiT, {denoiser.depth} blocks of width {denoiser.width} over {denoiser.grid}x{denoiser.grid} "
                  f"patches of {denoiser.patch_size}x{denoiser.patch_size} px")
     role = f"an upscaler from {config.upscale_from} to {denoiser.image_size} px, " if config.upscale_from else ""
+    if config.latent:
+        role = (f"a latent model: it diffuses {denoiser.image_size}x{denoiser.image_size}x{denoiser.channels} latents "
+                f"of {config.autoencoder_file}, ")
     return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, {shape}; "
             f"{role}{config.objective}, predicts {config.prediction}")
 
@@ -177,23 +195,38 @@ def run_training(args, preferred_captions) -> TrainState:
     `preferred_captions` the model knows every word of (else a few of the dataset's own)."""
     # The settings are checked before anything slow happens.
     config = train_config(args, saved_length(args) if args.resume else args.default_length)
+    saved = saved_model_config(args) if args.resume else None
     if args.resume:
-        check_resumed_model(args, saved_model_config(args))
+        check_resumed_model(args, saved)
+    autoencoder = None
+    if args.autoencoder or (saved is not None and saved.latent):
+        autoencoder = autoencoder_of(saved, args.autoencoder) if saved is not None else load_autoencoder(args.autoencoder)
+        args.autoencoder = args.autoencoder or saved.autoencoder_file
+    if autoencoder is not None and not args.resume and args.image_size != autoencoder.config.image_size:
+        raise ValueError(f"the autoencoder encodes {autoencoder.config.image_size} px images: train the latent "
+                         f"model with --image-size {autoencoder.config.image_size}, or train an autoencoder at "
+                         f"{args.image_size} px")
+    if not args.resume:
+        model_config(args, Tokenizer(SPECIAL_TOKENS), autoencoder)  # the model's too (its words are not known yet)
+    if autoencoder is not None:
+        image_size = autoencoder.config.image_size
+        pixels = load_training_data(args, image_size)
+        dataset = latent_dataset(pixels, autoencoder, autoencoder_identity(args.autoencoder)[1], progress=not args.quiet)
     else:
-        model_config(args, Tokenizer(SPECIAL_TOKENS))  # the model's too (its words are not known yet)
-    dataset = load_training_data(args, saved_model_config(args).denoiser.image_size if args.resume else args.image_size)
+        dataset = load_training_data(args, saved.denoiser.image_size if args.resume else args.image_size)
+        pixels = dataset
     config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
-    state = new_or_resumed_state(args, dataset, config)
+    state = new_or_resumed_state(args, dataset, config, autoencoder)
     print(describe_model(state, "(from checkpoint)" if args.resume else args.preset))
     out = Path(args.out)
     captions = captions_to_show(dataset, state.tokenizer, preferred_captions)
 
     def report(state):
-        generator = Generator.from_training(state)
+        generator = Generator.from_training(state, autoencoder)
         path = out / f"samples_step{state.step:06d}.png"
         if generator.upscale_from:  # real images of a few classes, downsampled and upscaled
-            shown = images_to_show(dataset)
-            draw_upscaled(generator, dataset.images[shown], [dataset.captions[i][0] for i in shown], path, steps=25,
+            shown = images_to_show(pixels)
+            draw_upscaled(generator, pixels.images[shown], [pixels.captions[i][0] for i in shown], path, steps=25,
                           guidance=3.0)
         else:
             sampler = Generator.settings(generator.objective)["sampler"]
@@ -208,3 +241,64 @@ def run_training(args, preferred_captions) -> TrainState:
     print(f"trained {state.step} steps in {state.trained_seconds:.0f} s "
           f"({state.step * config.batch_size / max(state.trained_seconds, 1e-9):.0f} images/s; compiling not counted)")
     return state
+
+
+# --- The autoencoder of a latent model ---------------------------------------------------
+
+
+def autoencoder_training_config(args, path: Path) -> AutoencoderTraining:
+    """The run's settings from the options; its length from --steps or --minutes, else the resumed run's own."""
+    default = {"steps": AutoencoderTraining.steps, "minutes": 0.0}
+    if args.resume:
+        (saved,) = Checkpoint(path).fields("autoencoder_training", kind="autoencoder training run")
+        default = {"steps": saved["steps"], "minutes": saved["minutes"]}
+    return AutoencoderTraining(batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                               checkpoint_every=args.checkpoint_every, **({"minutes": 0.0} | run_length(args, default)))
+
+
+def show_reconstructions(autoencoder: Autoencoder, images_uint8, captions, path) -> float:
+    """A grid of real images beside their reconstructions; returns the reconstructions' PSNR (dB)."""
+    real = to_model_range(jnp.asarray(images_uint8))
+    rebuilt = decode_latents(autoencoder, encode_images(autoencoder, images_uint8))
+    shown = min(8, len(real))
+    rows = np.stack([real[:shown], rebuilt[:shown]], axis=1).reshape(-1, *real.shape[1:])
+    quality = psnr(to_uint8(rebuilt), images_uint8)
+    save_figure(captioned_grid(rows, list(captions[:shown]), title=f"real, reconstructed ({quality:.1f} dB PSNR over "
+                               f"{len(real)} images)"), path)
+    return quality
+
+
+def run_autoencoder_training(args) -> AutoencoderRun:
+    """Train (or resume) the autoencoder in --out as `minidiff train-autoencoder` does; then show how well it
+    rebuilds held-out images."""
+    out = Path(args.out)
+    path = out / "autoencoder.npz"
+    config = autoencoder_training_config(args, path)  # every setting checked before anything slow
+    shape_options = {"factor": args.factor, "latent_channels": args.latent_channels, "kl_weight": args.kl_weight}
+    if args.resume:
+        given = [name for name, value in shape_options.items() if value is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} is the resumed autoencoder's own: drop it with --resume")
+        run = resume_autoencoder_run(path, config)
+        print(f"resuming {path} at step {run.step}")
+    else:
+        factor = shape_options.pop("factor") or 4
+        run = new_autoencoder_run(autoencoder_preset(factor, args.image_size, **{
+            name: value for name, value in shape_options.items() if value is not None}), config)
+    model_config = run.model.config
+    dataset = load_training_data(args, model_config.image_size)
+    print(f"autoencoder: {model_config.image_size} px images to {'x'.join(map(str, model_config.latent_shape))} "
+          f"latents (f = {model_config.factor}), {count_parameters(run.model) / 1e6:.2f} M parameters, "
+          f"KL weight {model_config.kl_weight:g}")
+    out.mkdir(parents=True, exist_ok=True)
+    train_autoencoder(run, dataset, path, progress=not args.quiet)
+    save_loss_curve([(step, loss) for step, loss, *_ in run.losses], out / "loss.png")
+    held_out = dataset if args.dataset == "folder" else reference_set(args.dataset, model_config.image_size,
+                                                                       num_images=256, data_dir=args.data_dir)
+    quality = show_reconstructions(run.model, held_out.images, [c[0] for c in held_out.captions],
+                                   out / "reconstructions.png")
+    print(f"trained {run.step} steps in {run.trained_seconds:.0f} s; latent scale {float(run.model.latent_scale[...]):.3f}; "
+          f"reconstructions of {len(held_out)} {'training' if args.dataset == 'folder' else 'held-out'} images: "
+          f"{quality:.1f} dB PSNR")
+    print(f"wrote {path}, {out / 'reconstructions.png'} and {out / 'loss.png'}")
+    return run

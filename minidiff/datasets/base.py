@@ -16,7 +16,8 @@ from minidiff.captions import words
 class CaptionedImages:
     """N images with one or more captions each, and optional attribute labels.
 
-    images:      (N, H, W, 3) uint8.
+    images:      (N, H, W, 3) uint8; or, with `latent`, an autoencoder's latents
+                 (N, h, w, c) float32 (`minidiff.latents.latent_dataset`).
     captions:    N tuples of strings; training draws one of them per use, as
                  with the ten captions per image of Reed et al. 2016.
     labels:      attribute name -> (N,) int array, indexing label_names[name];
@@ -26,6 +27,7 @@ class CaptionedImages:
                  the embedded birds, whose captions say which way they face),
                  so training may flip images at random.
     skipped:     what the loader could not use, by reason, with counts.
+    latent:      whether `images` holds latents rather than pixels.
     """
 
     name: str
@@ -35,9 +37,14 @@ class CaptionedImages:
     label_names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     flip_ok: bool = False
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    latent: bool = False
 
     def __post_init__(self):
-        check_images(self.images, what=f"dataset {self.name!r}")
+        if not self.latent:
+            check_images(self.images, what=f"dataset {self.name!r}")
+        elif self.images.ndim != 4 or self.images.shape[1] != self.images.shape[2] or self.images.dtype != np.float32:
+            raise ValueError(f"dataset {self.name!r}: latents must be float32 (N, h, w, c) with h = w, got "
+                             f"{self.images.dtype} {self.images.shape}")
         if len(self.captions) != len(self.images):
             raise ValueError(
                 f"dataset {self.name!r} has {len(self.images)} images but "

@@ -8,6 +8,9 @@
                        drew;
   eval                 a fixed held-out evaluation set: up to EVAL_SIZE images
                        of the official test split, the same ones every time;
+  all_but_eval         every other image: what a model judged on eval trains on
+                       (text-to-image papers train on every image for quality),
+                       and the judge too (the eval images' classes all appear);
   all                  everything.
 """
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("train", "val", "test", "eval", "train_classes", "test_classes", "all")
+SPLITS = ("train", "val", "test", "eval", "all_but_eval", "train_classes", "test_classes", "all")
 EVAL_SIZE = 1000
 # Reed et al. 2016's class-disjoint split: 82 train+val and 20 test classes of Oxford-102,
 # 150 train+val and 50 test classes of CUB-200-2011.
@@ -58,6 +61,8 @@ def select(split: str, labels: np.ndarray, official: dict[str, np.ndarray], test
     if split in ("train_classes", "test_classes"):
         held_out = np.isin(labels, sorted(test_classes))
         return everything[held_out if split == "test_classes" else ~held_out]
+    if split == "all_but_eval":
+        return np.setdiff1d(everything, select("eval", labels, official, test_classes))
     source = "test" if split == "eval" else split
     if source not in official:
         raise ValueError(f"this copy of the dataset has no official {source!r} split; it has {sorted(official) + ['all']}")

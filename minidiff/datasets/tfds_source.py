@@ -88,10 +88,14 @@ def load_tfds(name: str, split: str = "train", image_size: int = 64, data_dir=No
     # Read only the tfds split(s) the requested split needs (see minidiff.datasets.splits).
     wanted = TFDS_SPLITS[name]
     official_name = "test" if split == "eval" else split
-    parts = [wanted[official_name]] if official_name in wanted else list(wanted.values())
-    examples = [e for part in parts for e in builder.as_data_source(split=part)]
+    parts = [official_name] if official_name in wanted else list(wanted)
+    examples, part_of = [], []
+    for part in parts:
+        source = builder.as_data_source(split=wanted[part])
+        examples += list(source)
+        part_of += [part] * len(source)
     labels = np.array([int(e["label"]) for e in examples], np.int64)
-    official = {official_name: np.ones(len(examples), bool)} if official_name in wanted else {}
+    official = {part: np.array(part_of) == part for part in parts}  # each official split read, as a mask
     chosen = select(split, labels, official, seeded_test_classes(len(names), NUM_TEST_CLASSES[name]))
 
     skipped = Skipped()

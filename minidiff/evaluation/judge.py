@@ -94,11 +94,21 @@ def classification_loss(model: Judge, images, labels: dict[str, jax.Array]):
     return total
 
 
+def shifted(images, key, max_shift: int):
+    """Each image (B, H, W, C) moved by up to max_shift pixels each way, its edge pixels repeated into
+    the gap: where a flower sits in the frame says nothing of which flower it is."""
+    _, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    corners = jax.random.randint(key, (images.shape[0], 2), 0, 2 * max_shift + 1)
+    crop = lambda image, corner: jax.lax.dynamic_slice(image, (corner[0], corner[1], 0), (height, width, channels))  # noqa: E731
+    return jax.vmap(crop)(padded, corners)
+
+
 @nnx.jit
 def _train_step(model, optimizer, images_uint8, labels, key, noise_std):
-    noise_key, scale_key = jax.random.split(key)
-    images = to_model_range(images_uint8)
-    # Grain of random strength (up to noise_std), and mirror images where that keeps the labels true.
+    noise_key, scale_key, shift_key = jax.random.split(key, 3)
+    images = shifted(to_model_range(images_uint8), shift_key, max(1, images_uint8.shape[1] // 16))
+    # Grain of random strength (up to noise_std); images are mirrored too where that keeps the labels true.
     strength = jax.random.uniform(scale_key, (images.shape[0], 1, 1, 1)) * noise_std
     images = images + strength * jax.random.normal(noise_key, images.shape)
     loss, grads = nnx.value_and_grad(classification_loss)(model, images, labels)
