@@ -238,8 +238,10 @@ def run_training(args, preferred_captions) -> TrainState:
     out.mkdir(parents=True, exist_ok=True)
     state = train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
                   progress=not args.quiet, mesh=mesh)
-    print(f"trained {state.step} steps in {state.trained_seconds:.0f} s "
-          f"({state.step * config.batch_size / max(state.trained_seconds, 1e-9):.0f} images/s; compiling not counted)")
+    # The first step of each session compiles and is not timed: a rate over a second or less would be noise.
+    speed = (f"{state.step * config.batch_size / state.trained_seconds:.0f} images/s; "
+             if state.trained_seconds >= 1.0 else "")
+    print(f"trained {state.step} steps in {state.trained_seconds:.0f} s ({speed}compiling not counted)")
     return state
 
 
