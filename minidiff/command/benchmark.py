@@ -59,6 +59,11 @@ def peak_flops(device, precision: str) -> float | None:
     return None
 
 
+def model_flops_utilisation(flops: float, seconds: float, peak: float, devices: int = 1) -> float:
+    """MFU: the FLOP/s a step achieved (its FLOPs over its seconds) over the peak of all its devices."""
+    return flops / seconds / (peak * devices)
+
+
 def peak_memory_bytes(device) -> int:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
@@ -170,7 +175,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
         "batch_size": batch_size, "precision": precision, "parameters": count_parameters(state.model),
         "compile_s": compile_seconds, "step_s": step_seconds, "train_images_per_s": batch_size / step_seconds,
         "step_tflop": flops / 1e12, "achieved_tflop_per_s": flops / step_seconds / 1e12,
-        "mfu": flops / step_seconds / (peak * num_devices) if peak and flops else None,
+        "mfu": model_flops_utilisation(flops, step_seconds, peak, num_devices) if peak and flops else None,
     }
     if sampling:
         generator = Generator.from_training(state)
@@ -188,7 +193,7 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
                               steps=steps, sampling=sampling)
         result |= peer
         result["speedup"] = result["train_images_per_s"] / peer["peer_train_images_per_s"]
-        result["peer_mfu"] = flops / peer["peer_step_s"] / peak if peak and flops else None
+        result["peer_mfu"] = model_flops_utilisation(flops, peer["peer_step_s"], peak) if peak and flops else None
     return result
 
 

@@ -1,8 +1,9 @@
-"""The `minidiff` command: demo, train, train-autoencoder, sample, adherence, evaluate, bench.
+"""The `minidiff` command: demo, train, train-autoencoder, sample, adherence, evaluate, bench, course.
 
     minidiff demo                                   # train on the embedded data, then draw captions
     minidiff train --out runs/flowers --steps 2000
     minidiff sample --checkpoint runs/flowers/checkpoint.npz --caption "a red flower with a yellow centre"
+    minidiff course grade submissions/ --out grades.csv   # run and grade a class's chapter notebooks
 
 Each command is a short function that calls the library; the options are in
 `options.py`. Errors the user can fix (a missing file, a bad value, an empty
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from minidiff.captions import CaptionError
+from minidiff.course.grading import DEFAULT_TIMEOUT, grade_class, write_student_copy
 from minidiff.command.benchmark import benchmark, format_row, table_header
 from minidiff.autoencoder import FACTORS, AutoencoderConfig, autoencoder_preset
 from minidiff.command.options import (add_autoencoder_option, add_cascade_options, add_data_options,
@@ -183,6 +185,21 @@ def cmd_bench(args):
         print(f"wrote {args.out}")
 
 
+def cmd_course_student_copy(args):
+    written = write_student_copy(args.out, args.chapters)
+    print(f"wrote {len(written)} chapters, their reference solutions removed, to {args.out}")
+
+
+def cmd_course_grade(args):
+    start = time.perf_counter()
+    rows = grade_class(args.submissions, args.out, args.chapters, timeout=args.timeout)
+    for row in rows:
+        exercises = len(row) - 2
+        print(f"{row['student']}: {row['correct']} of {exercises} exercises correct")
+    print(f"graded {len(rows)} students in {time.perf_counter() - start:.0f} s; wrote {args.out} "
+          f"(the executed notebooks are in {Path(args.out).parent / 'graded'})")
+
+
 # --- Arguments ---------------------------------------------------------------------
 
 
@@ -300,6 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "\"minidiff[bench]\")")
     bench.add_argument("--out", help="also write the results to this JSON file")
     bench.set_defaults(run=cmd_bench)
+
+    course = commands.add_parser("course", help="the course in a classroom: a student copy of the chapters, "
+                                 "and a grader for the notebooks a class hands in")
+    course_commands = course.add_subparsers(dest="course_command", required=True)
+    handout = course_commands.add_parser("student-copy", help="write the chapters with their reference solutions "
+                                         "removed", description="Write every chapter in its student form: each "
+                                         "exercise's reference solution removed, outputs cleared.")
+    handout.add_argument("out", help="folder to write the chapters to")
+    grade = course_commands.add_parser("grade", help="run each student's chapter notebooks and grade their exercises",
+                                       description="Run every submitted notebook in a fresh kernel, in smoke mode, "
+                                       "with a time limit, and write one CSV row per student: each exercise correct, "
+                                       "wrong (with the check's reason), not attempted, error, timed out or not "
+                                       "submitted. Writes only beside the CSV: the CSV and graded/<student>/.")
+    grade.add_argument("submissions", help="a folder holding one folder per student, each with that student's "
+                       "chapter notebooks under the chapters' names (01_destroying_images.ipynb, ...)")
+    grade.add_argument("--out", default="grades.csv", help="the gradebook to write (default: %(default)s)")
+    grade.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT,
+                       help="seconds each notebook may run (default: %(default)s)")
+    for sub in (handout, grade):
+        sub.add_argument("--chapters", help="the course's notebooks (default: the chapters/ folder of this checkout)")
+    handout.set_defaults(run=cmd_course_student_copy)
+    grade.set_defaults(run=cmd_course_grade)
     return parser
 
 
