@@ -44,7 +44,6 @@ import nbformat
 from minidiff.machinery.atomic import atomic_write
 
 CHECKS = ("check", "check_below")  # the functions of exercises.py that grade an exercise
-VERDICTS = ("correct", "wrong", "not attempted", "error", "timed out", "not submitted")
 DEFAULT_TIMEOUT = 600  # seconds a submitted notebook may run
 # A kernel's start, and the notebook's reading and writing, on top of its cells' time.
 START_ALLOWANCE = 60
