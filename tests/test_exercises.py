@@ -66,6 +66,8 @@ def test_an_unwritten_answer_checks_the_solution_and_a_wrong_solution_fails_ci(c
 
     assert check(my_q_sample, corruption.q_sample, *INPUTS, solution=q_sample_solution, mistakes=mistakes.Q_SAMPLE)
     assert "checking the reference solution instead" in capsys.readouterr().out
+    assert verdicts() == [{"exercise": "my_q_sample", "verdict": "not attempted",  # for the grader: not the learner's
+                           "reason": "the reference solution was checked instead"}]
     assert not check(my_q_sample, corruption.q_sample, *INPUTS)  # the student copy: no solution to fall back on
     assert verdicts()[-1]["verdict"] == "not attempted"
     with pytest.raises(AssertionError, match="the reference solution differs"):
@@ -119,6 +121,15 @@ def test_every_chapter_has_three_graded_exercises_and_its_student_copy_none_of_t
                 assert "solution=" not in cell.source and not re.search(r"def \w+_solution\(", cell.source)
                 grading._parsed(cell.source)
                 assert cell.outputs == []
+
+
+def test_each_exercise_my_x_has_its_reference_solution_x_solution():
+    for path in grading.chapter_notebooks(grading.default_chapters_dir()):
+        notebook = nbformat.read(path, as_version=4)
+        defined = {name for cell in notebook.cells if cell.cell_type == "code"
+                   for name in re.findall(r"^def (\w+)\(", cell.source, flags=re.MULTILINE)}
+        for name in grading.exercises_of(notebook):
+            assert name.startswith("my_") and f"{name[3:]}_solution" in defined, (path.name, name)
 
 
 def test_solutions_are_cut_by_their_syntax_not_their_text():

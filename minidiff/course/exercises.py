@@ -106,6 +106,7 @@ def _attempt(answer, args, solution, exercise: str):
             record(exercise, "not attempted")
             return None, None
         print(f"not attempted yet ({error}); checking the reference solution instead")
+        record(exercise, "not attempted", "the reference solution was checked instead")
         return solution(*args), "the reference solution"
     except Exception as error:  # the learner's code failed: say how, and let the notebook go on
         reason = f"your answer raised {type(error).__name__}: {error}"
@@ -115,10 +116,11 @@ def _attempt(answer, args, solution, exercise: str):
 
 
 def _verdict(exercise: str, who: str, problem: str | None, right: str, wrong: str) -> bool:
-    """Print and record the verdict: `right` and `wrong` finish the sentence about `who`."""
+    """Print the verdict, and record the learner's: `right` and `wrong` finish the sentence about `who`."""
     if problem is None:
         print(f"correct: {who} {right}")
-        record(exercise, "correct")
+        if who == "your answer":
+            record(exercise, "correct")
         return True
     message = f"not quite: {who} {wrong}: {problem}"
     if who == "the reference solution":

@@ -29,6 +29,7 @@ limits before grading a class you do not trust).
 import ast
 import copy
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -302,6 +303,10 @@ def grade_class(submissions_dir, out_csv, chapters_dir=None, timeout: float = DE
                 report=print) -> list[dict]:
     """Grade every student's notebooks; write one CSV row per student; return the rows."""
     submissions_dir, out_csv = Path(submissions_dir), Path(out_csv)
+    missing = [name for name in ("nbclient", "ipykernel") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"grading runs notebooks, which needs {' and '.join(missing)}: "
+                         'pip install "minidiff[course]"')
     if not submissions_dir.is_dir():
         raise FileNotFoundError(f"no submissions folder {submissions_dir}: it should hold one folder per student")
     students = sorted(p for p in submissions_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
