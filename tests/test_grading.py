@@ -69,6 +69,8 @@ def test_the_student_copy_of_a_chapter_has_no_solutions_and_runs(course, tmp_pat
     text = "\n".join(c.source for c in handout.cells)
     assert "_solution" not in text and "raise NotImplementedError" in text
     assert "check(my_guidance, guided, c, u, 3.0, mistakes=mistakes.GUIDANCE)" in text
+    (tmp_path / "a_file").write_text("")
+    assert main(["course", "student-copy", str(tmp_path / "a_file"), "--chapters", str(course)]) == 2
 
 
 def test_a_made_up_class_is_graded_and_nothing_is_written_outside_the_gradebook_folder(course, tmp_path, capsys):

@@ -150,6 +150,8 @@ def student_notebook(notebook):
 def write_student_copy(out_dir, chapters_dir=None) -> list[Path]:
     """Write the student form of every chapter into `out_dir`; the paths written."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file: give the folder to write the chapters to")
     written = []
     for path in chapter_notebooks(chapters_dir or default_chapters_dir()):
         notebook = student_notebook(nbformat.read(path, as_version=4))
