@@ -321,6 +321,9 @@ def grade_class(submissions_dir, out_csv, chapters_dir=None, timeout: float = DE
             chapter = _chapter_of(path, chapters)
             if chapter is None:
                 report(f"{student.name}/{path.name}: not a chapter of the course, skipped")
+            elif chapter in handed_in[student.name]:
+                report(f"{student.name}/{path.name}: a second notebook for {chapter}, skipped "
+                       f"(graded: {handed_in[student.name][chapter].name})")
             else:
                 handed_in[student.name][chapter] = path
     graded_chapters = sorted({c for notebooks in handed_in.values() for c in notebooks})
