@@ -20,8 +20,10 @@ from flax import nnx
 
 from minidiff.attention import MultiHeadAttention
 
-PAD, BOS, UNK = 0, 1, 2
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<unk>")
+PAD, BOS, UNK, MASK = 0, 1, 2, 3
+# MASK stands for a hidden word when an encoder is pretrained to fill words in
+# (`minidiff.text_encoders.masked_language_model`); a caption never holds it.
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<unk>", "<mask>")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -99,6 +101,11 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return " ".join(self.vocabulary[i] for i in np.asarray(ids) if i not in (PAD, BOS))
 
+    @property
+    def mask_id(self) -> int | None:
+        """The id of "<mask>"; None for a vocabulary saved before it existed."""
+        return self._ids.get("<mask>")
+
     def unknown_words(self, caption: str) -> list[str]:
         return [w for w in words(caption) if w not in self._ids]
 
@@ -134,8 +141,14 @@ class TextEncoderConfig:
     vocab_size: int
     max_length: int = 32
     dim: int = 128
-    depth: int = 2
+    depth: int = 2  # layers: transformer blocks, or a bidirectional LSTM's layers
     heads: int = 4
+    # Which network reads the caption: "transformer" (this file), or one of the later
+    # stage's (`minidiff.text_encoders`: "lstm", "bag_of_words").
+    kind: str = "transformer"
+    # A frozen encoder was pretrained on text alone and is never updated while the
+    # denoiser trains (Saharia et al. 2022, sec. 2.1): `minidiff.text_encoders.frozen`.
+    frozen: bool = False
 
 
 class TextEncoder(nnx.Module):

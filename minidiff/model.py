@@ -21,12 +21,13 @@ import dataclasses
 import jax
 from flax import nnx
 
-from minidiff.captions import TextEncoder, TextEncoderConfig
+from minidiff.captions import TextEncoderConfig
 from minidiff.corruption import PREDICTIONS
 from minidiff.denoiser import UNet, UNetConfig
 from minidiff.dit import DiT, DiTConfig
 from minidiff.flows import VELOCITY
 from minidiff.machinery.initialisation import initialised
+from minidiff.text_encoders import TEXT_ENCODERS
 
 BACKBONES = {"unet": UNetConfig, "dit": DiTConfig}
 # What the network may predict under each objective; the first is the default.
@@ -51,6 +52,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {tuple(OBJECTIVES)}")
+        if self.text.kind not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text encoder {self.text.kind!r}: choose one of {tuple(TEXT_ENCODERS)}")
         if self.prediction not in OBJECTIVES[self.objective]:
             raise ValueError(f"a {self.objective} model cannot predict {self.prediction!r}: "
                              f"choose one of {OBJECTIVES[self.objective]}")
@@ -135,9 +138,11 @@ PRESETS = tuple(UNET_PRESETS)
 
 
 def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 32, backbone: str = "unet",
-           objective: str = "diffusion", upscale_from: int = 0, **overrides) -> ModelConfig:
+           objective: str = "diffusion", upscale_from: int = 0, text_encoder: str = "transformer",
+           **overrides) -> ModelConfig:
     """A named model size. `overrides` replace fields of the denoiser's config (`UNetConfig` or `DiTConfig`).
-    With `upscale_from`, an upscaler from that many pixels to `image_size` (`minidiff.superres`)."""
+    With `upscale_from`, an upscaler from that many pixels to `image_size` (`minidiff.superres`);
+    `text_encoder` is the kind of network that reads the captions (`minidiff.text_encoders`)."""
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {PRESETS}")
     if backbone not in BACKBONES:
@@ -159,7 +164,8 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
             raise ValueError(f"no level of the {name} U-Net at {image_size}px has feature maps of size "
                              f"{sorted(missing)}: attention can go at {list(denoiser.level_sizes)}")
     dim, depth, heads = TEXT_PRESETS[name]
-    text = TextEncoderConfig(vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=heads)
+    text = TextEncoderConfig(vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=heads,
+                             kind=text_encoder)
     return ModelConfig(denoiser=denoiser, text=text, prediction=OBJECTIVES[objective][0], objective=objective,
                        upscale_from=upscale_from)
 
@@ -169,7 +175,7 @@ class TextToImage(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.text_encoder = TextEncoder(config.text, rngs=rngs)
+        self.text_encoder = TEXT_ENCODERS[config.text.kind](config.text, rngs=rngs)
         # Named by its kind, so that a checkpoint's arrays say which network they belong to.
         if config.backbone == "unet":
             self.unet = UNet(config.denoiser, rngs=rngs)
@@ -184,13 +190,19 @@ class TextToImage(nnx.Module):
         """(B, L) ids -> (tokens (B, L, D), mask (B, L), pooled (B, D)); reused across sampling steps."""
         return self.text_encoder(token_ids)
 
+    def caption_embeddings(self, caption):
+        """Token ids (B, L) are encoded; embeddings already made (a tuple, as `encode_captions` returns:
+        a frozen encoder's, cached once for a whole dataset) are used as they are."""
+        return tuple(caption) if isinstance(caption, (tuple, list)) else self.encode_captions(caption)
+
     def denoise(self, xt, t, conditioning):
         """conditioning: the caption's embeddings (`encode_captions`), followed, for an upscaler, by its
         low-res image and that image's noise level (`minidiff.superres.low_res_condition`)."""
         return self.denoiser(xt, t, *conditioning)
 
-    def __call__(self, xt, t, token_ids, *low_res_condition):
-        return self.denoise(xt, t, (*self.encode_captions(token_ids), *low_res_condition))
+    def __call__(self, xt, t, caption, *low_res_condition):
+        """caption: token ids (B, L), or their embeddings (`caption_embeddings`)."""
+        return self.denoise(xt, t, (*self.caption_embeddings(caption), *low_res_condition))
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> TextToImage:

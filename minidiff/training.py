@@ -39,6 +39,7 @@ from minidiff.machinery.sharding import check_batch_size, replicate, shard_batch
 from minidiff.model import ModelConfig, TextToImage, create_model
 from minidiff.optimization import adamw, in_bfloat16, learning_rate_at
 from minidiff.superres import training_condition
+from minidiff.text_encoders.frozen import embed_captions, trainable, with_pretrained_text_encoder
 
 LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
 PRECISIONS = ("float32", "bfloat16")
@@ -184,35 +185,45 @@ def training_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, ke
     return diffusion_loss(model, schedule, x0, token_ids, key, config, low_res_condition)
 
 
-def drop_captions(key, token_ids, empty_ids, probability: float):
-    """Replace each caption by the empty caption with the given probability."""
-    drop = jax.random.uniform(key, (token_ids.shape[0], 1)) < probability
-    return jnp.where(drop, empty_ids[None, :], token_ids)
+def drop_captions(key, caption, empty_caption, probability: float):
+    """Replace each caption by the empty caption with the given probability. A caption is token ids (B, L)
+    with the empty one's (L,), or embeddings (a tuple of (B, ...) arrays) with the empty one's ((...) each)."""
+    batch = jax.tree.leaves(caption)[0].shape[0]
+    drop = jax.random.uniform(key, (batch,)) < probability
+
+    def where(empty, given):  # the drop decision, broadcast over each array's trailing axes
+        return jnp.where(drop.reshape(-1, *[1] * empty.ndim), empty[None], given)
+
+    return jax.tree.map(where, empty_caption, caption)
 
 
-def train_step(model, optimizer, ema, schedule, images, token_ids, empty_ids, key, learning_rate,
+def train_step(model, optimizer, ema, schedule, images, caption, empty_caption, key, learning_rate,
                config: TrainConfig):
     """One optimisation step at `learning_rate`; returns the loss. Updates model, optimizer and ema in place.
     `images`: uint8 pixels, or a latent model's latents (`minidiff.latents`), which are used as they are.
+    `caption`: token ids, or under a frozen text encoder the captions' cached embeddings.
 
     Plain Python: `train` runs it compiled, as a `machinery.compiled_step.CompiledStep`."""
     x0 = to_model_range(images) if images.dtype == jnp.uint8 else images  # on the device
     drop_key, loss_key = jax.random.split(key)
-    token_ids = drop_captions(drop_key, token_ids, empty_ids, config.caption_dropout)
-    loss, grads = nnx.value_and_grad(training_loss)(model, schedule, x0, token_ids, loss_key, config)
+    caption = drop_captions(drop_key, caption, empty_caption, config.caption_dropout)
+    # Only the trainable parameters are differentiated: a frozen text encoder gets no gradient at all.
+    updated = trainable(model.config)
+    loss, grads = nnx.value_and_grad(training_loss, argnums=nnx.DiffState(0, updated))(
+        model, schedule, x0, caption, loss_key, config)
     optimizer.update(model, grads, learning_rate=learning_rate)
     # EMA with a warm-up: early on, average over fewer steps (as in Karras et al. 2022's EDM code).
     step = optimizer.step[...]
     decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
-    ema_params = nnx.state(ema, nnx.Param)
-    new_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_params, nnx.state(model, nnx.Param))
+    ema_params = nnx.state(ema, updated)
+    new_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_params, nnx.state(model, updated))
     nnx.update(ema, new_params)
     return loss
 
 
 def make_optimizer(model: TextToImage, config: TrainConfig) -> nnx.Optimizer:
-    """The optimizer of `model`'s parameters (its state: the Adam moments and the step count)."""
-    return nnx.Optimizer(model, adamw(config.weight_decay, config.grad_clip), wrt=nnx.Param)
+    """The optimizer of `model`'s trainable parameters (its state: the Adam moments and the step count)."""
+    return nnx.Optimizer(model, adamw(config.weight_decay, config.grad_clip), wrt=trainable(model.config))
 
 
 # --- The loop ----------------------------------------------------------------------
@@ -239,8 +250,12 @@ class TrainState:
         return min(1.0, self.step / self.config.steps)
 
 
-def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: TrainConfig) -> TrainState:
+def new_train_state(model_config: ModelConfig, tokenizer: Tokenizer, config: TrainConfig,
+                    text_encoder: Checkpoint | None = None) -> TrainState:
+    """A new run; with `text_encoder`, a pretrained encoder's file (`text_encoders.frozen`), its weights."""
     model = create_model(model_config, seed=config.seed)
+    if text_encoder is not None:
+        with_pretrained_text_encoder(model, text_encoder)
     # The EMA starts equal to the model, in its own buffers: a training step donates (overwrites) both.
     graphdef, params = nnx.split(model)
     ema = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
@@ -275,6 +290,15 @@ def tokenize_dataset(dataset: CaptionedImages, tokenizer: Tokenizer):
     for i, options in enumerate(dataset.captions):
         ids[i, : len(options)] = tokenizer.encode_batch(options, truncate=True)
     return ids, counts
+
+
+def cached_caption_embeddings(state: TrainState, ids):
+    """Under a frozen text encoder, every caption's embeddings, computed once, and the empty caption's;
+    None otherwise. ids: (N, K, L) as `tokenize_dataset` makes them."""
+    if not state.model.config.text.frozen:
+        return None
+    empty = embed_captions(state.model.text_encoder, state.tokenizer.empty(1))
+    return embed_captions(state.model.text_encoder, ids), tuple(jnp.asarray(e[0]) for e in empty)
 
 
 def _checked_losses(pending, config: TrainConfig) -> list[tuple[int, float]]:
@@ -321,7 +345,10 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
         put_batch = lambda rows: shard_batch(rows, mesh)  # noqa: E731
     schedule = config.noise_schedule()
     ids, counts = tokenize_dataset(dataset, state.tokenizer)
-    empty_ids = jnp.asarray(state.tokenizer.empty(1)[0])
+    empty_caption = jnp.asarray(state.tokenizer.empty(1)[0])
+    cache = cached_caption_embeddings(state, ids)
+    if cache is not None:
+        cache, empty_caption = cache
     base_key = jax.random.key(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.npz" if out_dir is not None else None
 
@@ -339,7 +366,8 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
             if config.horizontal_flip:
                 images = mirror_some(images, config.seed, step)
             learning_rate = np.float32(learning_rate_at(state.progress, config.learning_rate, config.warmup))
-            loss = step_on_device(schedule, put_batch(images), put_batch(ids[index, choice]), empty_ids,
+            caption = ids[index, choice] if cache is None else tuple(e[index, choice] for e in cache)
+            loss = step_on_device(schedule, put_batch(images), jax.tree.map(put_batch, caption), empty_caption,
                                   jax.random.fold_in(base_key, step), learning_rate)
             if step == first_step:  # compiled (or loaded from the cache) and run: the clock starts now
                 loss.block_until_ready()

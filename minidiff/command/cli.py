@@ -1,4 +1,5 @@
-"""The `minidiff` command: demo, train, train-autoencoder, sample, adherence, evaluate, bench, course.
+"""The `minidiff` command: demo, train, train-autoencoder, pretrain-text, sample, adherence, evaluate, bench,
+course.
 
     minidiff demo                                   # train on the embedded data, then draw captions
     minidiff train --out runs/flowers --steps 2000
@@ -25,11 +26,13 @@ from minidiff.autoencoder import FACTORS, AutoencoderConfig, autoencoder_preset
 from minidiff.command.options import (add_autoencoder_option, add_cascade_options, add_data_options,
                                       add_sampling_options, add_training_options, at_least, default_of, field_option,
                                       parameter_option, positive_number, sampling_settings)
+from minidiff.command.pretrain_text import add_pretrain_text_command
 from minidiff.command.runs import draw_grid, run_autoencoder_training, run_training, with_upscalers
 from minidiff.datasets import DATASETS
 from minidiff.evaluation.evaluate import JUDGE_STEPS, evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
 from minidiff.evaluation.pixel_judge import adherence_lines, measure_pixel_adherence
+from minidiff.evaluation.word_order import swapped_colours_test
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
 from minidiff.generator import SAMPLING_SETTINGS, Generator, load
 from minidiff.latents import AutoencoderTraining
@@ -131,6 +134,11 @@ def cmd_adherence(args):
                                              guidance=guidance, **settings)
             results[f"{split}/guidance={guidance:g}"] = scores
             print(f"{split:9s} guidance {guidance:<4g} " + "  ".join(f"{k} {v:.0%}" for k, v in scores.items()))
+    for guidance in args.guidance:  # which part each colour word belongs to
+        swapped = swapped_colours_test(generator, seed=seed, guidance=guidance, **settings)
+        results[f"swapped_colours/guidance={guidance:g}"] = swapped
+        print(f"swapped colours, guidance {guidance:<4g}: {swapped['own colours']:.0%} of {swapped['birds']} birds "
+              f"have each part in its own colour, {swapped['swapped']:.0%} the two the other way round")
     if args.out:
         atomic_write(args.out, lambda f: f.write(json.dumps(results, indent=2).encode()))
         print(f"wrote {args.out}")
@@ -248,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     ae.set_defaults(run=cmd_train_autoencoder)
+    add_pretrain_text_command(commands)
 
     smp = commands.add_parser("sample", help="generate images from captions with a trained model",
                               description="Generate a PNG grid: one row of images per caption.")

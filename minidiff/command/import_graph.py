@@ -9,8 +9,8 @@ rooms before it, so the course's order is the import order:
                  earlier stages, and `attention` (shared by the denoiser and the caption encoder)
     machinery    what makes a run fast and safe (imports nothing of minidiff but itself)
     later        the stages the field added later, each a file at the top of `minidiff/` beside the
-                 four: super-resolution (a cascade's upscaler), latent diffusion's autoencoder, a DiT
-                 denoiser, straight-line flows
+                 four (or a folder of one room): super-resolution (a cascade's upscaler), latent
+                 diffusion's autoencoder, the text encoders, a DiT denoiser, straight-line flows
     model        the stages put together
     datasets     the data every stage is fed
     optimization AdamW and its learning rate
@@ -32,7 +32,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 STAGES = ("corruption", "denoiser", "captions", "sampling")
 SHARED_BY_STAGES = ("attention",)
-LATER_STAGES = ("superres", "autoencoder", "dit", "flows")
+LATER_STAGES = ("superres", "autoencoder", "text_encoders", "dit", "flows")
 ROOMS = ("stages", "machinery", "later", "model", "datasets", "optimization", "latents", "training", "generator", "evaluation", "course", "command")
 MAX_LINES = 400
 

@@ -23,6 +23,7 @@ from minidiff.flows import TIME_SAMPLINGS
 from minidiff.generator import ALL_SAMPLERS, SAMPLERS_OF, SAMPLING_SETTINGS, Generator
 from minidiff.model import BACKBONES, OBJECTIVES, PRESETS, UNET_PRESETS, preset
 from minidiff.sampling import X0_CLIPPINGS
+from minidiff.text_encoders import TEXT_ENCODERS
 from minidiff.training import PRECISIONS, TrainConfig
 
 # The TrainConfig fields the command sets; the others keep their defaults. The run's length (steps or
@@ -147,6 +148,12 @@ def add_training_options(p, length: dict, out: str, sample_every: int, recipe: d
     model.add_argument("--autoencoder", metavar="FILE", help="train a latent model: diffuse the latents of this "
                        "autoencoder (minidiff train-autoencoder's autoencoder.npz), at --image-size its images' size; "
                        "the dataset is encoded once and cached (default: diffuse pixels; with --resume, the run's own)")
+    model.add_argument("--text-encoder", choices=tuple(TEXT_ENCODERS), help="what reads the captions, trained with "
+                       "the denoiser: transformer, lstm (bidirectional), or bag_of_words (blind to word order) "
+                       "(default: transformer; with --resume, the run's own)")
+    model.add_argument("--text-encoder-file", metavar="FILE", help="a text encoder pretrained on text alone "
+                       "(minidiff pretrain-text's file): the model reads captions with it, frozen, and with its words "
+                       "(default: a new encoder trained with the denoiser)")
     choices = tuple(dict.fromkeys(p for predictions in OBJECTIVES.values() for p in predictions))
     model.add_argument("--prediction", choices=choices, help="what the network predicts (default: "
                        + ", ".join(f"{predictions[0]} for {name}" for name, predictions in OBJECTIVES.items()) + ")")

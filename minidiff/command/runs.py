@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minidiff.captions import SPECIAL_TOKENS, Tokenizer
+from minidiff.captions import SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
 from minidiff.command.options import cascade_settings, run_length, train_config
 from minidiff.corruption import to_model_range, to_uint8
 from minidiff.datasets import CaptionedImages, load_dataset
@@ -27,6 +27,7 @@ from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.sharding import data_mesh, mesh_for_batch
 from minidiff.model import ModelConfig, count_parameters, preset
 from minidiff.superres import downsample, upsample
+from minidiff.text_encoders.frozen import frozen_config, read_text_encoder_file
 from minidiff.training import TrainConfig, TrainState, new_train_state, resume_train_state, train
 
 # --- Pictures ----------------------------------------------------------------------
@@ -88,9 +89,11 @@ def load_training_data(args, image_size: int) -> CaptionedImages:
     return dataset
 
 
-def model_config(args, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None) -> ModelConfig:
-    """The model --preset, --backbone, --objective, --image-size, --attention-at and --prediction ask for,
-    reading `tokenizer`'s words; with the --autoencoder, a latent model (its denoiser sees the latents)."""
+def model_config(args, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None,
+                 text_config: TextEncoderConfig | None = None) -> ModelConfig:
+    """The model --preset, --backbone, --objective, --image-size, --attention-at, --text-encoder and --prediction
+    ask for, reading `tokenizer`'s words; with the --autoencoder, a latent model (its denoiser sees the latents);
+    with `text_config`, a pretrained encoder's (--text-encoder-file), frozen, and the denoiser reads its width."""
     backbone = args.backbone or args.recipe.get("backbone", "unet")
     objective = args.objective or args.recipe.get("objective", "diffusion")
     overrides = {}
@@ -103,8 +106,16 @@ def model_config(args, tokenizer: Tokenizer, autoencoder: Autoencoder | None = N
         size, _, overrides["channels"] = autoencoder.config.latent_shape
         file, sha256 = autoencoder_identity(args.autoencoder)
         latent = {"autoencoder_sha256": sha256, "autoencoder_file": file}
+    if text_config is not None:
+        overrides["caption_dim"] = text_config.dim
     config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
-                    backbone=backbone, objective=objective, upscale_from=args.upscale_from or 0, **overrides)
+                    backbone=backbone, objective=objective, upscale_from=args.upscale_from or 0,
+                    text_encoder=args.text_encoder or "transformer", **overrides)
+    if text_config is not None:
+        if args.text_encoder and args.text_encoder != text_config.kind:
+            raise ValueError(f"--text-encoder-file holds a {text_config.kind} encoder, not a {args.text_encoder}: "
+                             "drop --text-encoder")
+        latent["text"] = frozen_config(text_config)
     return dataclasses.replace(config, **latent, **({"prediction": args.prediction} if args.prediction else {}))
 
 
@@ -120,6 +131,10 @@ def check_resumed_model(args, config: ModelConfig) -> None:
             raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with --{name.replace('_', '-')} "
                                   f"{saved or 'none (a base model)'}; it cannot resume with {asked}: drop the option, "
                                   "or train a new run in another --out")
+    if args.text_encoder_file or (args.text_encoder and args.text_encoder != config.text.kind):
+        raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with its own {config.text.kind} text "
+                              "encoder; drop --text-encoder and --text-encoder-file, or train a new run in another "
+                              "--out")
 
 
 def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig,
@@ -131,6 +146,10 @@ def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig,
             f"step {state.step} of {config.steps}"
         print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
         return state
+    if args.text_encoder_file:  # its words are the corpus's it was pretrained on
+        text_config, tokenizer, text_encoder = read_text_encoder_file(args.text_encoder_file)
+        return new_train_state(model_config(args, tokenizer, autoencoder, text_config), tokenizer, config,
+                               text_encoder)
     tokenizer = Tokenizer.from_captions(dataset.all_captions())
     return new_train_state(model_config(args, tokenizer, autoencoder), tokenizer, config)
 
@@ -148,8 +167,9 @@ def describe_model(state: TrainState, preset_name: str) -> str:
     if config.latent:
         role = (f"a latent model: it diffuses {denoiser.image_size}x{denoiser.image_size}x{denoiser.channels} latents "
                 f"of {config.autoencoder_file}, ")
+    text = f"{'a frozen pretrained' if config.text.frozen else 'a'} {config.text.kind} text encoder"
     return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, {shape}; "
-            f"{role}{config.objective}, predicts {config.prediction}")
+            f"{role}{config.objective}, predicts {config.prediction}; {text}")
 
 
 def training_mesh(data_parallel: bool, batch_size: int):
@@ -207,7 +227,9 @@ def run_training(args, preferred_captions) -> TrainState:
                          f"model with --image-size {autoencoder.config.image_size}, or train an autoencoder at "
                          f"{args.image_size} px")
     if not args.resume:
-        model_config(args, Tokenizer(SPECIAL_TOKENS), autoencoder)  # the model's too (its words are not known yet)
+        # The model's too (its words are not known yet), and a pretrained text encoder's file.
+        text_config = read_text_encoder_file(args.text_encoder_file)[0] if args.text_encoder_file else None
+        model_config(args, Tokenizer(SPECIAL_TOKENS), autoencoder, text_config)
     if autoencoder is not None:
         image_size = autoencoder.config.image_size
         pixels = load_training_data(args, image_size)

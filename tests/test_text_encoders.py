@@ -1,0 +1,182 @@
+"""The text encoders: one interface, padding ignored, word order seen (or not), pretraining, freezing, caching."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minidiff.captions import BOS, MASK, PAD, SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
+from minidiff.command.cli import main
+from minidiff.evaluation.word_order import swapped_colour_pairs
+from minidiff.machinery.checkpoints import CheckpointError
+from minidiff.model import create_model, preset
+from minidiff.text_encoders import TEXT_ENCODERS
+from minidiff.text_encoders.frozen import (embed_captions, frozen_config, read_text_encoder_file, save_text_encoder,
+                                           trainable)
+from minidiff.text_encoders.masked_language_model import CHOSEN_RATE, mask_words, pretrain, read_corpus
+from minidiff.training import make_optimizer, new_train_state, train, train_step, training_loss
+
+KINDS = tuple(TEXT_ENCODERS)
+SENTENCES = ["a red bird with black wings", "a black bird with red wings", "a blue flower with a yellow centre"]
+
+
+def encoder(kind: str, tokenizer: Tokenizer, seed: int = 0):
+    config = TextEncoderConfig(tokenizer.vocab_size, tokenizer.max_length, dim=16, depth=2, heads=2, kind=kind)
+    return TEXT_ENCODERS[kind](config, rngs=nnx.Rngs(seed))
+
+
+@pytest.fixture(scope="module")
+def words():
+    return Tokenizer.from_captions(SENTENCES, max_length=12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_encoder_has_one_interface_and_ignores_padding(kind, words):
+    ids = jnp.asarray(words.encode_batch(SENTENCES))  # (3, 12): the longest caption has 8 tokens
+    tokens, mask, pooled = encoder(kind, words)(ids)
+    assert tokens.shape == (3, 12, 16) and pooled.shape == (3, 16) and mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(mask, ids != PAD)
+    # The same captions with less padding: the caption's vectors and the pooled one do not change.
+    short_tokens, short_mask, short_pooled = encoder(kind, words)(ids[:, :8])
+    np.testing.assert_allclose(short_tokens * short_mask[..., None], (tokens * mask[..., None])[:, :8], atol=1e-5)
+    np.testing.assert_allclose(short_pooled, pooled, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_the_bag_of_words_is_blind_to_word_order(kind, words):
+    red_bird, black_bird = (jnp.asarray(words.encode_batch([s])) for s in SENTENCES[:2])
+    model = encoder(kind, words)
+    (_, _, pooled_a), (_, _, pooled_b) = model(red_bird), model(black_bird)
+    gap = float(jnp.abs(pooled_a - pooled_b).max())
+    if kind == "bag_of_words":
+        assert gap < 1e-6  # the same words, so the same bag
+    else:
+        assert gap > 1e-3
+
+
+def test_an_lstm_splits_its_width_between_directions(words):
+    with pytest.raises(ValueError, match="even dim"):
+        TEXT_ENCODERS["lstm"](TextEncoderConfig(words.vocab_size, dim=15, kind="lstm"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown text encoder 'gru'"):
+        preset("tiny", 20, text_encoder="gru")
+
+
+def test_masking_follows_bert_rates():
+    ids = np.full((4000, 32), PAD, np.int32)
+    ids[:, 0] = BOS
+    ids[:, 1:25] = np.random.default_rng(0).integers(len(SPECIAL_TOKENS), 500, (4000, 24))
+    corrupted, chosen = map(np.asarray, mask_words(jax.random.key(0), jnp.asarray(ids), 500, MASK))
+    words = ids > BOS
+    assert not chosen[~words].any() and (corrupted[~words] == ids[~words]).all()  # BOS and padding never touched
+    assert chosen[words].mean() == pytest.approx(CHOSEN_RATE, abs=0.005)
+    assert (corrupted[~chosen] == ids[~chosen]).all()
+    masked = (corrupted == MASK)[chosen].mean()
+    kept = (corrupted == ids)[chosen].mean()  # left as they are, or (1 in 496) replaced by themselves
+    assert masked == pytest.approx(0.8, abs=0.01) and kept == pytest.approx(0.1 + 0.1 / 496, abs=0.01)
+    assert 1 - masked - kept == pytest.approx(0.1, abs=0.01)  # a random word
+    assert (corrupted >= len(SPECIAL_TOKENS))[chosen & (corrupted != MASK)].all()  # random words are words
+
+
+def test_read_corpus_reads_files_and_folders_and_says_what_is_missing(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.txt").write_text("a red bird\n\n  a blue bird  \n")
+    (tmp_path / "b.txt").write_text("a pink flower\n")
+    assert read_corpus(tmp_path / "a", tmp_path / "b.txt") == ["a red bird", "a blue bird", "a pink flower"]
+    with pytest.raises(FileNotFoundError, match="no text corpus at"):
+        read_corpus(tmp_path / "nowhere")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="no sentences"):
+        read_corpus(tmp_path / "empty.txt")
+
+
+def test_pretraining_learns_to_fill_in_words_and_saves_a_file(tmp_path):
+    sentences = [f"a {c} bird with {w} wings" for c in ("red", "blue", "green") for w in ("black", "white")] * 20
+    tokens = Tokenizer.from_captions(sentences, max_length=8)
+    config = TextEncoderConfig(tokens.vocab_size, 8, dim=32, depth=1, heads=2)
+    run = pretrain(sentences, config, tokens, steps=150, batch_size=32, learning_rate=3e-3, progress=False)
+    assert run.losses[-1][1] < 0.6 * run.losses[0][1]
+    assert run.validation_accuracy > 0.5  # "a", "bird", "with", "wings" are easy; the colours are a guess
+    path = save_text_encoder(tmp_path / "text.npz", run.encoder, tokens, steps=150)
+    loaded_config, loaded_tokens, _ = read_text_encoder_file(path)
+    assert loaded_config == config and loaded_tokens == tokens
+
+
+def test_a_training_run_is_not_a_text_encoder_file(tmp_path, model, tokenizer, train_config):
+    state = new_train_state(model.config, tokenizer, train_config)
+    from minidiff.machinery.checkpoints import save_run
+    save_run(tmp_path / "run.npz", state)
+    with pytest.raises(CheckpointError, match="not a text encoder checkpoint"):
+        read_text_encoder_file(tmp_path / "run.npz")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        read_text_encoder_file(tmp_path / "missing.npz")
+
+
+@pytest.fixture()
+def frozen_state(model_config, tokenizer, train_config):
+    config = dataclasses.replace(model_config, text=frozen_config(model_config.text))
+    return new_train_state(config, tokenizer, train_config)
+
+
+def test_a_frozen_encoder_gets_no_gradient_and_stays_bit_identical(frozen_state, dataset):
+    model = frozen_state.model
+    before = jax.tree.map(np.array, nnx.state(model.text_encoder))
+    grads = nnx.grad(training_loss, argnums=nnx.DiffState(0, trainable(model.config)))(
+        model, frozen_state.config.noise_schedule(), jnp.zeros((2, 16, 16, 3)),
+        jnp.asarray(frozen_state.tokenizer.encode_batch(["a red flower", "a blue bird"])), jax.random.key(0),
+        frozen_state.config)
+    paths = ["/".join(map(str, path)) for path, _ in nnx.to_flat_state(grads)]
+    assert paths and not any("text_encoder" in p for p in paths)
+    optimizer_paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(frozen_state.optimizer))]
+    assert not any("text_encoder" in p for p in optimizer_paths)
+    state = train(frozen_state, dataset, progress=False)
+    for module in (state.model, state.ema):
+        after = nnx.state(module.text_encoder)
+        assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    assert not all(np.array_equal(a, b) for a, b in zip(  # while the denoiser did learn
+        jax.tree.leaves(nnx.state(create_model(model.config).denoiser, nnx.Param)),
+        jax.tree.leaves(nnx.state(state.model.denoiser, nnx.Param))))
+
+
+def test_cached_caption_embeddings_train_the_same_step(frozen_state):
+    ids = jnp.asarray(frozen_state.tokenizer.encode_batch(["a red flower with a yellow centre", "a blue bird"]))
+    empty = frozen_state.tokenizer.empty(1)
+    cached = tuple(map(jnp.asarray, embed_captions(frozen_state.model.text_encoder, np.asarray(ids))))
+    cached_empty = tuple(jnp.asarray(e[0]) for e in embed_captions(frozen_state.model.text_encoder, empty))
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8))
+    losses = []
+    for caption, empty_caption in ((ids, jnp.asarray(empty[0])), (cached, cached_empty)):
+        state = new_train_state(frozen_state.model.config, frozen_state.tokenizer, frozen_state.config)
+        losses.append(float(train_step(state.model, state.optimizer, state.ema, state.config.noise_schedule(),
+                                       images, caption, empty_caption, jax.random.key(1), 1e-3, state.config)))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_an_unfrozen_model_trains_its_encoder(model, train_config):
+    paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(make_optimizer(model, train_config)))]
+    assert any("text_encoder" in p for p in paths)
+
+
+def test_the_swapped_colours_test_holds_every_pair_and_its_swap():
+    pairs = swapped_colour_pairs()
+    assert len(pairs) == 30 and all((wings, body) in pairs and body != wings for body, wings in pairs)
+
+
+def test_pretrain_text_then_train_with_it_frozen(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"a {c} flower with a {d} centre" for c in ("red", "pink", "blue")
+                                for d in ("yellow", "black")) + "\n")
+    text_file = tmp_path / "text.npz"
+    assert main(["pretrain-text", "--corpus", str(corpus), "--preset", "tiny", "--min-count", "1", "--steps", "3",
+                 "--batch-size", "4", "--out", str(text_file), "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    run = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "16", "--batch-size", "4", "--steps",
+           "2", "--sample-every", "0", "--out", str(tmp_path / "run"), "--quiet", "--text-encoder-file", str(text_file)]
+    assert main(run + ["--text-encoder", "lstm"]) == 2
+    assert "holds a transformer encoder, not a lstm" in capsys.readouterr().err
+    assert main(run) == 0
+    assert "a frozen pretrained transformer text encoder" in capsys.readouterr().out
+    assert main(["pretrain-text", "--corpus", str(tmp_path / "none.txt")]) == 2
+    assert "no text corpus at" in capsys.readouterr().err
