@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from minidiff.captions import Tokenizer
 from minidiff.corruption import (SCHEDULES, NoiseSchedule, make_schedule, network_time, prediction_target, q_sample,
                                  snr, to_model_range)
-from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices, mirror_some
+from minidiff.datasets.base import CaptionedImages, batch_indices, caption_choices, mirror_some, tokenize_dataset
 from minidiff.flows import TIME_SAMPLINGS, flow_loss
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, restore_run, save_run
 from minidiff.machinery.compiled_step import CompiledStep
@@ -188,13 +188,9 @@ def training_loss(model: TextToImage, schedule: NoiseSchedule, x0, token_ids, ke
 def drop_captions(key, caption, empty_caption, probability: float):
     """Replace each caption by the empty caption with the given probability. A caption is token ids (B, L)
     with the empty one's (L,), or embeddings (a tuple of (B, ...) arrays) with the empty one's ((...) each)."""
-    batch = jax.tree.leaves(caption)[0].shape[0]
-    drop = jax.random.uniform(key, (batch,)) < probability
-
-    def where(empty, given):  # the drop decision, broadcast over each array's trailing axes
-        return jnp.where(drop.reshape(-1, *[1] * empty.ndim), empty[None], given)
-
-    return jax.tree.map(where, empty_caption, caption)
+    drop = jax.random.uniform(key, (jax.tree.leaves(caption)[0].shape[0],)) < probability
+    return jax.tree.map(lambda empty, given: jnp.where(drop.reshape(-1, *[1] * empty.ndim), empty[None], given),
+                        empty_caption, caption)
 
 
 def train_step(model, optimizer, ema, schedule, images, caption, empty_caption, key, learning_rate,
@@ -283,24 +279,6 @@ def compiled_train_step(state: TrainState) -> CompiledStep:
     return CompiledStep(train_step, (state.model, state.optimizer, state.ema), state.config)
 
 
-def tokenize_dataset(dataset: CaptionedImages, tokenizer: Tokenizer):
-    """All captions as ids once, (N, max captions per image, L), and each image's caption count."""
-    counts = np.array([len(c) for c in dataset.captions])
-    ids = np.zeros((len(dataset), counts.max(), tokenizer.max_length), np.int32)
-    for i, options in enumerate(dataset.captions):
-        ids[i, : len(options)] = tokenizer.encode_batch(options, truncate=True)
-    return ids, counts
-
-
-def cached_caption_embeddings(state: TrainState, ids):
-    """Under a frozen text encoder, every caption's embeddings, computed once, and the empty caption's;
-    None otherwise. ids: (N, K, L) as `tokenize_dataset` makes them."""
-    if not state.model.config.text.frozen:
-        return None
-    empty = embed_captions(state.model.text_encoder, state.tokenizer.empty(1))
-    return embed_captions(state.model.text_encoder, ids), tuple(jnp.asarray(e[0]) for e in empty)
-
-
 def _checked_losses(pending, config: TrainConfig) -> list[tuple[int, float]]:
     """The losses of the last steps, read back from the device; a NaN or infinity stops the run."""
     values = [(step, float(loss)) for step, loss in pending]
@@ -346,9 +324,9 @@ def train(state: TrainState, dataset: CaptionedImages, out_dir=None, on_report=N
     schedule = config.noise_schedule()
     ids, counts = tokenize_dataset(dataset, state.tokenizer)
     empty_caption = jnp.asarray(state.tokenizer.empty(1)[0])
-    cache = cached_caption_embeddings(state, ids)
-    if cache is not None:
-        cache, empty_caption = cache
+    cache = None
+    if state.model.config.text.frozen:  # every caption encoded once, the empty one too
+        cache, empty_caption = embed_captions(state.model.text_encoder, ids, state.tokenizer.empty(1))
     base_key = jax.random.key(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.npz" if out_dir is not None else None
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from minidiff.captions import BOS, MASK, PAD, SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
 from minidiff.command.cli import main
+from minidiff.evaluation.attention_maps import cross_attention_layers, cross_attention_maps
 from minidiff.evaluation.word_order import swapped_colour_pairs
 from minidiff.machinery.checkpoints import CheckpointError
 from minidiff.model import create_model, preset
@@ -143,8 +144,8 @@ def test_a_frozen_encoder_gets_no_gradient_and_stays_bit_identical(frozen_state,
 def test_cached_caption_embeddings_train_the_same_step(frozen_state):
     ids = jnp.asarray(frozen_state.tokenizer.encode_batch(["a red flower with a yellow centre", "a blue bird"]))
     empty = frozen_state.tokenizer.empty(1)
-    cached = tuple(map(jnp.asarray, embed_captions(frozen_state.model.text_encoder, np.asarray(ids))))
-    cached_empty = tuple(jnp.asarray(e[0]) for e in embed_captions(frozen_state.model.text_encoder, empty))
+    cached, cached_empty = embed_captions(frozen_state.model.text_encoder, np.asarray(ids), empty)
+    cached = tuple(map(jnp.asarray, cached))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8))
     losses = []
     for caption, empty_caption in ((ids, jnp.asarray(empty[0])), (cached, cached_empty)):
@@ -180,3 +181,17 @@ def test_pretrain_text_then_train_with_it_frozen(tmp_path, capsys):
     assert "a frozen pretrained transformer text encoder" in capsys.readouterr().out
     assert main(["pretrain-text", "--corpus", str(tmp_path / "none.txt")]) == 2
     assert "no text corpus at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_cross_attention_maps_spread_one_unit_over_the_caption_words(backbone, tokenizer):
+    objective = "flow" if backbone == "dit" else "diffusion"
+    model = create_model(preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length,
+                                backbone=backbone, objective=objective))
+    ids = tokenizer.encode_batch(["a red bird with black wings", "a blue flower"])
+    maps = cross_attention_maps(model, np.zeros((2, 16, 16, 3), np.uint8), ids)
+    assert list(maps) == [4]  # the tiny U-Net reads the caption at 4x4 (its middle); the DiT on its 4x4 patches
+    assert maps[4].shape == (2, 4, 4, tokenizer.max_length)
+    np.testing.assert_allclose(maps[4].sum(-1), 1.0, rtol=1e-5)
+    assert (maps[4][ids[:, None, None, :].repeat(4, 1).repeat(4, 2) == PAD] == 0).all()  # padding never looked at
+    assert not any(layer.keep_weights for layer in cross_attention_layers(model))  # and the model is as it was

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minidiff.captions import BOS, PAD, SPECIAL_TOKENS
 from minidiff.corruption import cosine_alpha_bar
+from minidiff.text_encoders.masked_language_model import CHOSEN_RATE, REPLACED_BY_MASK, REPLACED_BY_RANDOM
 
 
 def per_image(values):
@@ -124,6 +126,76 @@ ATTENTION = {
 BEST_GUIDANCE = {
     "that is the scale of the lowest adherence, not the highest":
         lambda adherence_at, scales: min(scales, key=adherence_at),
+}
+
+# --- 05 What the words mean -----------------------------------------------------------
+
+
+def _masked_mean(x, mask, divide_by_length: bool = False, with_bos: bool = True):
+    weights = mask[..., None].astype(x.dtype)
+    if not with_bos:
+        weights = weights.at[:, 0].set(0)
+    total = jnp.sum(x * weights, axis=1)
+    return total / (x.shape[1] if divide_by_length else jnp.sum(weights, axis=1))
+
+
+MASKED_MEAN = {
+    "the padding is averaged in: leave out the positions where the mask is False":
+        lambda x, mask: jnp.mean(x, axis=1),
+    "divided by the full length L: divide by the number of the caption's tokens, the mask's sum":
+        lambda x, mask: _masked_mean(x, mask, divide_by_length=True),
+    "BOS is left out: the mean is over every token the mask keeps, BOS included":
+        lambda x, mask: _masked_mean(x, mask, with_bos=False),
+}
+
+
+def _mask_words(key, token_ids, vocab_size, mask_id, words_only: bool = True, below: bool = True,
+                keep_some: bool = True, first_word: int = len(SPECIAL_TOKENS)):
+    choose_key, how_key, word_key = jax.random.split(key, 3)
+    draws = jax.random.uniform(choose_key, token_ids.shape)
+    chosen = draws < CHOSEN_RATE if below else draws >= CHOSEN_RATE
+    if words_only:
+        chosen = chosen & (token_ids != PAD) & (token_ids != BOS)
+    if not keep_some:
+        return jnp.where(chosen, mask_id, token_ids), chosen
+    how = jax.random.uniform(how_key, token_ids.shape)
+    random_words = jax.random.randint(word_key, token_ids.shape, first_word, vocab_size)
+    corrupted = jnp.where(chosen & (how < REPLACED_BY_MASK), mask_id, token_ids)
+    random = chosen & (how >= REPLACED_BY_MASK) & (how < REPLACED_BY_MASK + REPLACED_BY_RANDOM)
+    return jnp.where(random, random_words, corrupted), chosen
+
+
+MASK_WORDS = {
+    "padding and BOS are chosen too: only words are hidden and predicted":
+        lambda key, token_ids, vocab_size, mask_id: _mask_words(key, token_ids, vocab_size, mask_id, words_only=False),
+    "85 % of the words are chosen: a word is chosen where its draw is below 0.15":
+        lambda key, token_ids, vocab_size, mask_id: _mask_words(key, token_ids, vocab_size, mask_id, below=False),
+    "every chosen word becomes <mask>: 10 % of them become a random word, and 10 % stay as they are":
+        lambda key, token_ids, vocab_size, mask_id: _mask_words(key, token_ids, vocab_size, mask_id, keep_some=False),
+    "the random words are drawn from id 0: ids 0 to 3 are PAD, BOS, <unk> and <mask>, no words; draw from 4":
+        lambda key, token_ids, vocab_size, mask_id: _mask_words(key, token_ids, vocab_size, mask_id, first_word=0),
+}
+
+
+def _colours_score(read, pairs, own_if=all, swapped_if=all, also_swapped: bool = False, reverse: bool = False):
+    read_pairs = [(r["body_colour"], r["wing_colour"]) for r in read]
+    own = [own_if((got[0] == asked[0], got[1] == asked[1])) for got, asked in zip(read_pairs, pairs)]
+    swapped = [swapped_if((got[0] == asked[1], got[1] == asked[0])) for got, asked in zip(read_pairs, pairs)]
+    if also_swapped:
+        own = [a or b for a, b in zip(own, swapped)]
+    scores = (float(np.mean(own)), float(np.mean(swapped)))
+    return scores[::-1] if reverse else scores
+
+
+SWAPPED_COLOURS_SCORE = {
+    "a bird with one part right counts as right: both parts must have their own colours":
+        lambda read, pairs: _colours_score(read, pairs, own_if=any),
+    "a swapped bird counts as right: the body must have the first colour word, the wings the second":
+        lambda read, pairs: _colours_score(read, pairs, also_swapped=True),
+    "a bird counts as swapped when one part has the other's colour: both colours must have traded places":
+        lambda read, pairs: _colours_score(read, pairs, swapped_if=any),
+    "the two fractions are the wrong way round: first the birds with their own colours, then the swapped ones":
+        lambda read, pairs: _colours_score(read, pairs, reverse=True),
 }
 
 # --- 06 Flowers and birds -----------------------------------------------------------

@@ -144,3 +144,13 @@ def mirror_some(images: np.ndarray, seed: int, step: int) -> np.ndarray:
     """Flip about half of batch `step`'s images left to right (a pure function of seed and step)."""
     flip = np.random.default_rng([seed, step, 2]).random(len(images)) < 0.5
     return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def tokenize_dataset(dataset: CaptionedImages, tokenizer):
+    """All captions as ids once, (N, max captions per image, L), and each image's caption count.
+    `tokenizer`: a `minidiff.captions.Tokenizer`."""
+    counts = np.array([len(c) for c in dataset.captions])
+    ids = np.zeros((len(dataset), counts.max(), tokenizer.max_length), np.int32)
+    for i, options in enumerate(dataset.captions):
+        ids[i, : len(options)] = tokenizer.encode_batch(options, truncate=True)
+    return ids, counts

@@ -68,13 +68,17 @@ def _encode(encoder, token_ids):
     return encoder(token_ids)
 
 
-def embed_captions(encoder: nnx.Module, token_ids: np.ndarray, batch_size: int = 256):
-    """The encoder's output for every row of `token_ids` (..., L), computed once, on the host:
-    (tokens (..., L, D) float32, mask (..., L) bool, pooled (..., D) float32)."""
+def _embed(encoder: nnx.Module, token_ids: np.ndarray, batch_size: int):
     rows = token_ids.reshape(-1, token_ids.shape[-1])
     parts = [jax.device_get(_encode(encoder, jnp.asarray(rows[i: i + batch_size])))
              for i in range(0, len(rows), batch_size)]
-    tokens, mask, pooled = (np.concatenate([p[k] for p in parts]) for k in range(3))
     lead = token_ids.shape[:-1]
-    return (tokens.reshape(*lead, *tokens.shape[1:]), mask.reshape(*lead, *mask.shape[1:]),
-            pooled.reshape(*lead, *pooled.shape[1:]))
+    return tuple(np.concatenate([p[k] for p in parts]).reshape(*lead, *parts[0][k].shape[1:]) for k in range(3))
+
+
+def embed_captions(encoder: nnx.Module, token_ids: np.ndarray, empty_ids: np.ndarray, batch_size: int = 256):
+    """The encoder's output for every row of `token_ids` (..., L), computed once and kept on the host
+    (tokens (..., L, D) float32, mask (..., L) bool, pooled (..., D) float32), and for the empty caption
+    `empty_ids` (1, L), on the device ((L, D), (L,), (D,)), as caption dropout swaps it in."""
+    empty = _embed(encoder, empty_ids, batch_size)
+    return _embed(encoder, token_ids, batch_size), tuple(jnp.asarray(e[0]) for e in empty)
