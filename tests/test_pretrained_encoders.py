@@ -16,8 +16,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from minidiff.captions import CaptionError
-from minidiff.text_encoders.pretrained import PretrainedEncoderError, load_pretrained_encoder
+from minidiff.captions import CaptionError  # noqa: E402
+from minidiff.text_encoders.pretrained import PretrainedEncoderError, load_pretrained_encoder  # noqa: E402
 
 WORDS = ("a red yellow white purple pink orange flower bird with petals wings centre and small large "
          "green leaves black beak long short tail the of in").split()
