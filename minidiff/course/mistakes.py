@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minidiff.captions import BOS, PAD, SPECIAL_TOKENS
+from minidiff.captions import BOS, PAD
 from minidiff.corruption import cosine_alpha_bar
+from minidiff.text_encoders.bag_of_words import masked_mean
 from minidiff.text_encoders.masked_language_model import CHOSEN_RATE, REPLACED_BY_MASK, REPLACED_BY_RANDOM
 
 
@@ -130,35 +131,23 @@ BEST_GUIDANCE = {
 
 # --- 05 What the words mean -----------------------------------------------------------
 
-
-def _masked_mean(x, mask, divide_by_length: bool = False, with_bos: bool = True):
-    weights = mask[..., None].astype(x.dtype)
-    if not with_bos:
-        weights = weights.at[:, 0].set(0)
-    total = jnp.sum(x * weights, axis=1)
-    return total / (x.shape[1] if divide_by_length else jnp.sum(weights, axis=1))
-
-
 MASKED_MEAN = {
     "the padding is averaged in: leave out the positions where the mask is False":
         lambda x, mask: jnp.mean(x, axis=1),
     "divided by the full length L: divide by the number of the caption's tokens, the mask's sum":
-        lambda x, mask: _masked_mean(x, mask, divide_by_length=True),
+        lambda x, mask: masked_mean(x, mask) * jnp.sum(mask, axis=1, keepdims=True) / x.shape[1],
     "BOS is left out: the mean is over every token the mask keeps, BOS included":
-        lambda x, mask: _masked_mean(x, mask, with_bos=False),
+        lambda x, mask: masked_mean(x, mask.at[:, 0].set(False)),
 }
 
 
-def _mask_words(key, token_ids, vocab_size, mask_id, words_only: bool = True, below: bool = True,
-                keep_some: bool = True, first_word: int = len(SPECIAL_TOKENS)):
+def _mask_words(key, token_ids, vocab_size, mask_id, words_only=True, below=True, keep_some=True, first_word=4):
     choose_key, how_key, word_key = jax.random.split(key, 3)
     draws = jax.random.uniform(choose_key, token_ids.shape)
     chosen = draws < CHOSEN_RATE if below else draws >= CHOSEN_RATE
     if words_only:
         chosen = chosen & (token_ids != PAD) & (token_ids != BOS)
-    if not keep_some:
-        return jnp.where(chosen, mask_id, token_ids), chosen
-    how = jax.random.uniform(how_key, token_ids.shape)
+    how = jax.random.uniform(how_key, token_ids.shape) if keep_some else jnp.zeros(token_ids.shape)  # 0: <mask>
     random_words = jax.random.randint(word_key, token_ids.shape, first_word, vocab_size)
     corrupted = jnp.where(chosen & (how < REPLACED_BY_MASK), mask_id, token_ids)
     random = chosen & (how >= REPLACED_BY_MASK) & (how < REPLACED_BY_MASK + REPLACED_BY_RANDOM)
@@ -177,14 +166,11 @@ MASK_WORDS = {
 }
 
 
-def _colours_score(read, pairs, own_if=all, swapped_if=all, also_swapped: bool = False, reverse: bool = False):
-    read_pairs = [(r["body_colour"], r["wing_colour"]) for r in read]
-    own = [own_if((got[0] == asked[0], got[1] == asked[1])) for got, asked in zip(read_pairs, pairs)]
-    swapped = [swapped_if((got[0] == asked[1], got[1] == asked[0])) for got, asked in zip(read_pairs, pairs)]
-    if also_swapped:
-        own = [a or b for a, b in zip(own, swapped)]
-    scores = (float(np.mean(own)), float(np.mean(swapped)))
-    return scores[::-1] if reverse else scores
+def _colours_score(read, pairs, own_if=all, swapped_if=all, also_swapped=False, reverse=False):
+    got = [(r["body_colour"], r["wing_colour"]) for r in read]
+    own = [own_if((g[0] == a[0], g[1] == a[1])) or (also_swapped and g == a[::-1]) for g, a in zip(got, pairs)]
+    swapped = [swapped_if((g[0] == a[1], g[1] == a[0])) for g, a in zip(got, pairs)]
+    return (float(np.mean(swapped)), float(np.mean(own))) if reverse else (float(np.mean(own)), float(np.mean(swapped)))
 
 
 SWAPPED_COLOURS_SCORE = {
