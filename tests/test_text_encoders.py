@@ -11,7 +11,7 @@ from flax import nnx
 from minidiff.captions import BOS, MASK, PAD, SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
 from minidiff.command.cli import main
 from minidiff.evaluation.attention_maps import cross_attention_layers, cross_attention_maps
-from minidiff.evaluation.word_order import swapped_colour_pairs
+from minidiff.evaluation.word_order import swapped_colour_pairs, swapped_colours_score, word_influence
 from minidiff.machinery.checkpoints import CheckpointError
 from minidiff.model import create_model, preset
 from minidiff.text_encoders import TEXT_ENCODERS
@@ -195,3 +195,20 @@ def test_cross_attention_maps_spread_one_unit_over_the_caption_words(backbone, t
     np.testing.assert_allclose(maps[4].sum(-1), 1.0, rtol=1e-5)
     assert (maps[4][ids[:, None, None, :].repeat(4, 1).repeat(4, 2) == PAD] == 0).all()  # padding never looked at
     assert not any(layer.keep_weights for layer in cross_attention_layers(model))  # and the model is as it was
+
+
+def test_word_influence_is_a_diagonal_for_the_bag_of_words_only(words):
+    ids = words.encode(SENTENCES[0])  # BOS and six words
+    for kind in KINDS:
+        moved = word_influence(encoder(kind, words), ids, 7)  # (6, 7): word j replaced, token k moved
+        off_diagonal = moved.copy()
+        off_diagonal[np.arange(6), np.arange(1, 7)] = 0
+        assert (moved[np.arange(6), np.arange(1, 7)] > 1e-3).all()  # the replaced word's own vector moves
+        assert (off_diagonal.max() < 1e-6) == (kind == "bag_of_words")
+
+
+def test_swapped_colours_score_counts_whole_birds():
+    asked = [("red", "blue"), ("blue", "red"), ("black", "white"), ("white", "black")]
+    read = [{"body_colour": b, "wing_colour": w} for b, w in
+            [("red", "blue"), ("red", "blue"), ("black", "black"), ("black", "white")]]
+    assert swapped_colours_score(read, asked) == (0.25, 0.5)
