@@ -46,6 +46,9 @@ def save_text_encoder(path, encoder: nnx.Module, tokenizer: Tokenizer, **about) 
 
 
 def read_text_encoder_file(path) -> tuple[TextEncoderConfig, Tokenizer, Checkpoint]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"no text encoder file at {path}; make one with minidiff pretrain-text --corpus ... "
+                              f"--out {path}")
     checkpoint = Checkpoint(path)
     kind, text_config, tokenizer = checkpoint.fields("kind", "text_config", "tokenizer", kind=KIND)
     if kind != KIND:
