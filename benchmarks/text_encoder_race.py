@@ -17,23 +17,15 @@ the CPU); prints a row per run and writes all of them to --out as JSON.
 import argparse
 import json
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from cascade_race import minidiff  # one `minidiff` command in its own process (this folder's scripts share it)
 
 DEMO_MODEL = ["--dataset", "toy", "--preset", "tiny", "--backbone", "dit", "--objective", "flow", "--batch-size", "32",
               "--learning-rate", "3e-3", "--sample-every", "0", "--quiet"]
 ENCODERS = ("bag_of_words", "lstm", "transformer", "frozen")
 ATTRIBUTES = ("flowers/petal_colour", "flowers/centre_colour", "birds/body_colour", "birds/wing_colour")
-
-
-def minidiff(*arguments) -> str:
-    command = [sys.executable, "-m", "minidiff.command.cli", *map(str, arguments)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
 
 
 def training_captions(path: Path) -> Path:
