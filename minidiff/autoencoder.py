@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from minidiff.corruption import to_model_range
 from minidiff.denoiser import depth_to_space, space_to_depth
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.initialisation import shapes_only
+from minidiff.machinery.progress import progress as iterate
 
 FACTORS = (4, 8)
 
@@ -226,7 +226,7 @@ def encode_images(model: Autoencoder, images_uint8, batch_size: int = 256, progr
     """Scaled latents (`Autoencoder.to_latents`) of uint8 images (N, H, W, 3): (N, H/f, W/f, c) float32."""
     starts = range(0, len(images_uint8), batch_size)
     return np.concatenate([np.asarray(_to_latents(model, jnp.asarray(images_uint8[s : s + batch_size])))
-                           for s in tqdm(starts, desc="encoding latents", disable=not progress, unit="batch")])
+                           for s in iterate(starts, "encoding latents", enabled=progress)])
 
 
 def decode_latents(model: Autoencoder, latents, batch_size: int = 256) -> np.ndarray:
@@ -253,6 +253,11 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def autoencoder_config_of(saved: dict) -> AutoencoderConfig:
+    """The config a file's header holds (JSON has lists where the config has tuples)."""
+    return AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
 def load_autoencoder(path, sha256: str | None = None) -> Autoencoder:
     """The autoencoder saved at `path` (`minidiff.latents.train_autoencoder`'s checkpoint); with `sha256`,
     refused unless the file is that one."""
@@ -265,7 +270,6 @@ def load_autoencoder(path, sha256: str | None = None) -> Autoencoder:
                               "own autoencoder; give that file")
     checkpoint = Checkpoint(path)
     (config,) = checkpoint.fields(CONFIG_KEY, kind="minidiff autoencoder")
-    model = shapes_only(Autoencoder, AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                          for k, v in config.items()}))
-    checkpoint.restore("autoencoder", model)
+    model = shapes_only(Autoencoder, autoencoder_config_of(config))
+    checkpoint.restore("model", model)
     return model

@@ -56,6 +56,9 @@ class Tokenizer:
         return cls(vocabulary=SPECIAL_TOKENS + tuple(kept), max_length=max_length)
 
     def __post_init__(self):
+        if tuple(self.vocabulary[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary starts with the special tokens {SPECIAL_TOKENS}; build one with "
+                             "Tokenizer.from_captions")
         object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.vocabulary)})
 
     @property
@@ -102,9 +105,9 @@ class Tokenizer:
         return " ".join(self.vocabulary[i] for i in np.asarray(ids) if i not in (PAD, BOS))
 
     @property
-    def mask_id(self) -> int | None:
-        """The id of "<mask>"; None for a vocabulary saved before it existed."""
-        return self._ids.get("<mask>")
+    def mask_id(self) -> int:
+        """The id of "<mask>", for pretraining an encoder to fill in hidden words."""
+        return MASK
 
     def unknown_words(self, caption: str) -> list[str]:
         return [w for w in words(caption) if w not in self._ids]
@@ -141,14 +144,8 @@ class TextEncoderConfig:
     vocab_size: int
     max_length: int = 32
     dim: int = 128
-    depth: int = 2  # layers: transformer blocks, or a bidirectional LSTM's layers
+    depth: int = 2  # layers
     heads: int = 4
-    # Which network reads the caption: "transformer" (this file), or one of the later
-    # stage's (`minidiff.text_encoders`: "lstm", "bag_of_words").
-    kind: str = "transformer"
-    # A frozen encoder was pretrained on text alone and is never updated while the
-    # denoiser trains (Saharia et al. 2022, sec. 2.1): `minidiff.text_encoders.frozen`.
-    frozen: bool = False
 
 
 class TextEncoder(nnx.Module):

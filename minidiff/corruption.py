@@ -13,14 +13,22 @@ in one jump,
 
 with alpha_t = 1 - beta_t and alpha_bar_t = prod_{s<=t} alpha_s. A schedule is
 therefore nothing more than the array alpha_bar (how much signal is left at
-each step). The schedule is plain data, not a module: losses and samplers take
-it as an argument.
+each step). The schedule is plain data, not a module.
+
+The `Diffusion` process at the end of this file gathers what training and
+sampling need to know of it: where training images are noised, what the
+network predicts and how its errors are weighed, and which noise levels a
+sampler may visit. A straight-line flow (`minidiff.flows`) is another process
+with the same interface, so the loss and every sampler serve both.
 
 Images are NHWC float arrays in [-1, 1]: `to_model_range` brings uint8
 pixels into that range, `to_uint8` takes samples back out of it.
 """
 
-from typing import NamedTuple
+import dataclasses
+import functools
+import math
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +60,8 @@ class NoiseSchedule(NamedTuple):
     alpha_bar: jax.Array  # (T,) product of alpha up to and including t
 
     @property
-    def num_steps(self) -> int:
+    def num_timesteps(self) -> int:
+        """T, the number of steps of the forward process."""
         return self.beta.shape[0]
 
 
@@ -106,31 +115,31 @@ def cosine_alpha_bar(t, offset: float = 0.008):
 
 
 def linear_schedule(
-    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> NoiseSchedule:
     """beta rising linearly from beta_start to beta_end (Ho et al. 2020, sec. 4).
 
     The betas are quoted for T = 1000 and rescaled for other T, so the total
     amount of noise stays the same (Nichol & Dhariwal 2021, sec. 3.2).
     """
-    scale = 1000.0 / num_steps
+    scale = 1000.0 / num_timesteps
     return schedule_from_beta(
-        jnp.linspace(beta_start * scale, beta_end * scale, num_steps)
+        jnp.linspace(beta_start * scale, beta_end * scale, num_timesteps)
     )
 
 
-def cosine_schedule(num_steps: int = 1000) -> NoiseSchedule:
+def cosine_schedule(num_timesteps: int = 1000) -> NoiseSchedule:
     """The cosine schedule sampled at T steps (Nichol & Dhariwal 2021, eq. 17)."""
-    return schedule_from_alpha_bar(cosine_alpha_bar(jnp.linspace(0.0, 1.0, num_steps + 1)))
+    return schedule_from_alpha_bar(cosine_alpha_bar(jnp.linspace(0.0, 1.0, num_timesteps + 1)))
 
 
 SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
 
 
-def make_schedule(name: str, num_steps: int = 1000) -> NoiseSchedule:
+def make_schedule(name: str, num_timesteps: int = 1000) -> NoiseSchedule:
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}: choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[name](num_steps)
+    return SCHEDULES[name](num_timesteps)
 
 
 # --- The forward process --------------------------------------------------------
@@ -182,43 +191,178 @@ def recolour_pixels(key, x0, fraction):
 
 # --- What a denoiser may predict -------------------------------------------------
 #
-# Given x_t and the noise level, knowing any one of eps, x0 or
-# v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, sec. 4)
+# Given x_t = alpha x0 + sigma eps (alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar)),
+# knowing any one of eps, x0 or v = alpha eps - sigma x0 (Salimans & Ho 2022, sec. 4)
 # determines the other two. The network predicts one of them; training needs
 # the target, sampling needs x0 and eps back.
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("v", "eps", "x0")  # the first is the default
 
 
-def prediction_target(prediction: str, x0, eps, alpha_bar_t):
-    """The regression target for a network that predicts `prediction`."""
-    a = jnp.sqrt(alpha_bar_t).reshape(-1, 1, 1, 1)
-    s = jnp.sqrt(1.0 - alpha_bar_t).reshape(-1, 1, 1, 1)
+def per_image(values):
+    """(B,) -> (B, 1, 1, 1): one value per image, broadcast over its pixels."""
+    return jnp.reshape(values, (-1, 1, 1, 1))
+
+
+def prediction_target(prediction: str, x0, eps, alpha, sigma):
+    """The regression target for a network that predicts `prediction`; alpha and sigma are (B,)."""
     if prediction == "eps":
         return eps
     if prediction == "x0":
         return x0
     if prediction == "v":
-        return a * eps - s * x0
+        return per_image(alpha) * eps - per_image(sigma) * x0
     raise ValueError(f"unknown prediction {prediction!r}: choose one of {PREDICTIONS}")
 
 
-def x0_and_eps(prediction: str, output, xt, alpha_bar_t):
-    """Turn a network output back into (x0_pred, eps_pred), using x_t = a x0 + s eps."""
-    a = jnp.sqrt(alpha_bar_t).reshape(-1, 1, 1, 1)
-    s = jnp.sqrt(1.0 - alpha_bar_t).reshape(-1, 1, 1, 1)
+def x0_and_eps(prediction: str, output, xt, alpha, sigma):
+    """Turn a network output back into (x0_pred, eps_pred), using x_t = alpha x0 + sigma eps."""
+    a, s = per_image(alpha), per_image(sigma)
     if prediction == "eps":
         return (xt - s * output) / a, output
     if prediction == "x0":
         return output, (xt - a * output) / s
-    if prediction == "v":  # a^2 + s^2 = 1 makes the inversion a rotation
+    if prediction == "v":  # alpha^2 + sigma^2 = 1 makes the inversion a rotation
         return a * xt - s * output, s * xt + a * output
     raise ValueError(f"unknown prediction {prediction!r}: choose one of {PREDICTIONS}")
 
 
-def network_time(step_index, num_steps: int):
-    """Step index 0..T-1 -> the time t in (0, 1] the network is told (1 = pure noise).
+# --- How the errors are weighed ---------------------------------------------------
 
-    A fractional index (a noise level between two steps, see `sampling`) maps the same way.
+LOSS_WEIGHTINGS = ("clipped_snr", "min_snr", "none")
+
+
+def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
+    """Per-example weight of the squared error of the network's output.
+
+    Every weighting is a weight w on the x0 error, ||x0_pred - x0||^2, turned
+    into the weight on the network's own error (eps's error is SNR times
+    smaller than x0's, v's is SNR + 1 times smaller; Salimans & Ho 2022, sec. 4):
+
+    "min_snr": w = min(SNR, gamma) (Hang et al. 2023, eq. 9 and table 1), so
+        the nearly clean steps, whose x0 error is tiny, do not dominate.
+    "clipped_snr" (the default): w = clip(SNR, 1, gamma), min-SNR with the
+        floor of Salimans & Ho's "truncated SNR" weighting. Without the floor,
+        w ~ SNR -> 0 at the noisiest steps, and those are where the caption is
+        all the network has to go on: nothing of the image is left to see, so
+        only the caption says which background to paint. A model trained with
+        min-SNR alone learns to ignore words such as "on a sand background".
+    "none": the plain squared error of the network's output.
+
+    A network predicting eps gets no floor: on the eps error it would be a
+    weight of 1 / SNR, about 4e8 at the last cosine step.
     """
-    return (jnp.asarray(step_index, jnp.float32) + 1.0) / num_steps
+    if weighting == "none":
+        return jnp.ones_like(snr_t)
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}: choose one of {LOSS_WEIGHTINGS}")
+    x0_weight = jnp.minimum(snr_t, gamma)
+    if weighting == "clipped_snr" and prediction != "eps":
+        x0_weight = jnp.maximum(x0_weight, 1.0)
+    return {"eps": x0_weight / snr_t, "x0": x0_weight, "v": x0_weight / (snr_t + 1.0)}[prediction]
+
+
+# --- The process as a whole ----------------------------------------------------------
+#
+# A sampler (stage 4) and the training loss see the forward process through
+# one small interface, which a straight-line flow (`minidiff.flows`) offers too:
+#
+#   training_times(key, B)         -> t, alpha, sigma (B,): where each training image is noised
+#   target(x0, eps, alpha, sigma)  -> what the network regresses;  loss_weight(alpha, sigma) -> (B,)
+#   x0_and_eps(output, x, alpha, sigma) -> what a network output says of the clean image and the noise
+#   alpha_sigma(t), time_of(noise_to_signal), t_min  -> the noise levels a sampler visits (on the host)
+#
+# Time runs from t = 0 (the clean image) to t = 1 (pure noise), and the network is
+# told t: for diffusion t = (step + 1) / T, so that step T - 1 is t = 1.
+
+
+def network_time(step_index, num_timesteps: int):
+    """Step index 0..T-1 -> the time t in (0, 1] the network is told (1 = pure noise)."""
+    return (jnp.asarray(step_index, jnp.float32) + 1.0) / num_timesteps
+
+
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+    """The diffusion process (Ho et al. 2020): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps over
+    T discrete steps of a schedule, and what the network predicts about it (eps, x0 or v) and how its
+    errors are weighed. A frozen dataclass: a model's checkpoint records it, and compiled programs are
+    specialised to it."""
+
+    schedule: str = "cosine"  # one of SCHEDULES
+    num_timesteps: int = 1000  # T
+    prediction: str = "v"  # one of PREDICTIONS
+    loss_weighting: str = "clipped_snr"  # one of LOSS_WEIGHTINGS (see `loss_weight`)
+    min_snr_gamma: float = 5.0  # the cap of both SNR weightings
+
+    kind: ClassVar[str] = "diffusion"
+    # The levels a second-order ODE solver visits unless told otherwise (`sampling.spacing_of`): Karras et
+    # al. 2022's, crowded near the clean end, where the curved paths of diffusion bend most.
+    solver_spacing: ClassVar[str] = "karras"
+
+    def __post_init__(self):
+        _require(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {tuple(SCHEDULES)}")
+        _require(isinstance(self.num_timesteps, (int, np.integer)) and self.num_timesteps >= 2, "num_timesteps",
+                 self.num_timesteps, "a whole number of at least 2")
+        _require(self.prediction in PREDICTIONS, "prediction", self.prediction, f"one of {PREDICTIONS}")
+        _require(self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting", self.loss_weighting,
+                 f"one of {LOSS_WEIGHTINGS}")
+        _require(math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0, "min_snr_gamma", self.min_snr_gamma,
+                 "a positive number")
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """The discrete schedule: alpha_bar at each of the T steps."""
+        return _noise_schedule(self.schedule, self.num_timesteps)
+
+    # Training.
+
+    def training_times(self, key, batch: int):
+        """A step of the forward process per image, drawn uniformly: (t, alpha, sigma), each (B,)."""
+        alpha_bar = self.noise_schedule().alpha_bar
+        step = jax.random.randint(key, (batch,), 0, self.num_timesteps)
+        return network_time(step, self.num_timesteps), jnp.sqrt(alpha_bar[step]), jnp.sqrt(1.0 - alpha_bar[step])
+
+    def target(self, x0, eps, alpha, sigma):
+        return prediction_target(self.prediction, x0, eps, alpha, sigma)
+
+    def loss_weight(self, alpha, sigma):
+        return loss_weight(self.loss_weighting, self.prediction, (alpha / sigma) ** 2, self.min_snr_gamma)
+
+    def x0_and_eps(self, output, xt, alpha, sigma):
+        return x0_and_eps(self.prediction, output, xt, alpha, sigma)
+
+    # The levels a sampler visits, worked out on the host in float64 (levels near alpha_bar = 1 need
+    # the precision). Between two steps, log alpha_bar is interpolated linearly in t, as DPM-Solver
+    # does for discrete-time models (Lu et al. 2022, appendix).
+
+    @property
+    def t_min(self) -> float:
+        """The least noisy time the network was trained at: the first step, t = 1 / T."""
+        return 1.0 / self.num_timesteps
+
+    def _log_alpha_bar(self) -> tuple[np.ndarray, np.ndarray]:
+        times = (np.arange(self.num_timesteps) + 1.0) / self.num_timesteps
+        return times, np.log(np.asarray(self.noise_schedule().alpha_bar, np.float64))
+
+    def alpha_sigma(self, t) -> tuple[np.ndarray, np.ndarray]:
+        times, log_alpha_bar = self._log_alpha_bar()
+        alpha_bar = np.exp(np.interp(np.asarray(t, np.float64), times, log_alpha_bar))
+        return np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+
+    def time_of(self, noise_to_signal) -> np.ndarray:
+        """The time at which sigma / alpha (Karras et al.'s sigma) reaches `noise_to_signal`."""
+        times, log_alpha_bar = self._log_alpha_bar()
+        log_alpha_bar_wanted = -np.log1p(np.asarray(noise_to_signal, np.float64) ** 2)
+        return np.interp(-log_alpha_bar_wanted, -log_alpha_bar, times)
+
+
+@functools.cache
+def _noise_schedule(name: str, num_timesteps: int) -> NoiseSchedule:
+    # Worked out once, as a concrete array even when first asked for inside a compiled program (which
+    # then embeds the table as a constant).
+    with jax.ensure_compile_time_eval():
+        return make_schedule(name, num_timesteps)
+
+
+def _require(ok: bool, name: str, value, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")

@@ -6,9 +6,9 @@ The network (Ronneberger et al. 2015, as adapted for diffusion by Ho et al.
   - the noise level t in [0, 1], (B,),
   - the caption as token embeddings (B, L, D), their mask (B, L) and a pooled
     summary (B, D) (from `minidiff.captions.TextEncoder`),
-and predicts eps, x0 or v (see `minidiff.corruption.x0_and_eps`), shaped like x_t.
-An upscaler's U-Net (a cascade's later stage, `minidiff.superres`) also takes a
-low-resolution image, as extra input channels beside x_t, and its noise level.
+and predicts what the process asks of it (eps, x0 or v for diffusion, see
+`minidiff.corruption.x0_and_eps`), shaped like x_t. Its input may have more
+channels than its output (`in_channels`): whatever else is shown beside x_t.
 
 Reading order, smallest piece first: the noise-level embedding, a residual
 block, an attention block (self-attention over image positions,
@@ -132,7 +132,8 @@ class AttentionBlock(nnx.Module):
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
     image_size: int = 32
-    channels: int = 3  # image channels (RGB)
+    in_channels: int = 3  # channels of the input: x_t's (RGB), and of anything concatenated to it
+    out_channels: int = 3  # channels of the prediction: x_t's
     patch_size: int = 2  # space-to-depth stem; 1 = plain pixels
     widths: tuple[int, ...] = (64, 128, 128)  # channels at each resolution level
     blocks_per_level: int = 1
@@ -143,11 +144,8 @@ class UNetConfig:
     caption_dim: int = 128  # width of the caption token embeddings
     # The last GroupNorm, too, takes a scale and shift from the conditioning (DiT's final layer,
     # Peebles & Xie 2023, sec. 3.2). See `UNet.__call__` for why. False: a plain GroupNorm, as in
-    # diffusers' UNet2DConditionModel (and in checkpoints written before this option existed).
+    # diffusers' UNet2DConditionModel.
     modulated_output_norm: bool = True
-    # An upscaler's (`minidiff.superres`): the channels of the low-resolution image concatenated to x_t.
-    # 0: a base model, which sees x_t alone.
-    low_res_channels: int = 0
 
     @property
     def level_sizes(self) -> tuple[int, ...]:
@@ -160,6 +158,10 @@ class UNetConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be a positive multiple of patch_size * 2^(levels - 1) = {down}"
             )
+
+    def describe(self) -> str:
+        attended = [f"{n}x{n}" for n in self.level_sizes if n in self.attention_resolutions] + ["the middle"]
+        return f"U-Net of widths {', '.join(map(str, self.widths))}, attention at {', '.join(attended)}"
 
 
 class Level(nnx.Module):
@@ -214,10 +216,7 @@ class UNet(nnx.Module):
         self.cond_in = nnx.Linear(c.widths[0], c.cond_dim, rngs=rngs)
         self.cond_out = nnx.Linear(c.cond_dim, c.cond_dim, rngs=rngs)
         self.caption_to_cond = nnx.Linear(c.caption_dim, c.cond_dim, rngs=rngs)
-        self.stem = nnx.Conv(p * p * (c.channels + c.low_res_channels), c.widths[0], (3, 3), rngs=rngs)
-        # An upscaler is told how much noise its low-res image carries: the level's sinusoids, as t's, mapped
-        # into the conditioning vector.
-        self.low_res_level_to_cond = nnx.Linear(c.widths[0], c.cond_dim, rngs=rngs) if c.low_res_channels else None
+        self.stem = nnx.Conv(p * p * c.in_channels, c.widths[0], (3, 3), rngs=rngs)
 
         # The down path: remember the width of every activation kept for a skip.
         skip_widths, width, size = [c.widths[0]], c.widths[0], c.image_size // p
@@ -251,26 +250,16 @@ class UNet(nnx.Module):
 
         self.out_norm = nnx.GroupNorm(width, num_groups=min(c.groups, width), rngs=rngs)
         self.out_cond = nnx.Linear(c.cond_dim, 2 * width, rngs=rngs) if c.modulated_output_norm else None
-        self.out = nnx.Conv(width, p * p * c.channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.out = nnx.Conv(width, p * p * c.out_channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled, low_res=None, low_res_level=None):
-        """An upscaler also takes low_res (B, H, W, low_res_channels), its low-resolution image upsampled to
-        x_t's size, and that image's noise level (B,) (`minidiff.superres.low_res_condition`)."""
+    def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
         c = self.config
         # Sinusoids as many as the first level's channels, then an MLP up to cond_dim (as Stable Diffusion does).
         cond = noise_level_embedding(t, c.widths[0]).astype(xt.dtype)  # bfloat16 too, under mixed precision
         cond = self.cond_out(jax.nn.silu(self.cond_in(cond))) + self.caption_to_cond(caption_pooled)  # (B, cond_dim)
         caption = (caption_tokens, caption_mask)
-        inputs = xt
-        if self.low_res_level_to_cond is None and low_res is not None:
-            raise ValueError("this U-Net is a base model (low_res_channels=0): it takes no low-resolution image")
-        if self.low_res_level_to_cond is not None:
-            if low_res is None or low_res_level is None:
-                raise ValueError("an upscaler's U-Net needs its low-resolution image and that image's noise level")
-            cond = cond + self.low_res_level_to_cond(noise_level_embedding(low_res_level, c.widths[0]).astype(xt.dtype))
-            inputs = jnp.concatenate([xt, low_res.astype(xt.dtype)], axis=-1)  # (B, H, W, C + low_res_channels)
 
-        h = self.stem(space_to_depth(inputs, c.patch_size))  # (B, H/p, W/p, widths[0])
+        h = self.stem(space_to_depth(xt, c.patch_size))  # (B, H/p, W/p, widths[0])
         skips = [h]
         for i, level in enumerate(self.down):
             h = level(h, cond, caption, keep_skips=skips)
@@ -293,4 +282,4 @@ class UNet(nnx.Module):
             # what that changed).
             h = modulate(h, self.out_cond, cond)
         h = self.out(jax.nn.silu(h))
-        return depth_to_space(h, c.patch_size)  # (B, H, W, C)
+        return depth_to_space(h, c.patch_size)  # (B, H, W, out_channels)

@@ -10,8 +10,9 @@ for the noise level, adaptive layer norms do here: the conditioning vector
 sets a per-channel shift and scale of each normalised input, and a gate on
 each residual branch.
 
-This DiT takes the same inputs as `minidiff.denoiser.UNet`, so the rest of
-minidiff cannot tell them apart:
+This DiT takes the same inputs as `minidiff.denoiser.UNet`, and its config the
+same `image_size`, `in_channels` and `out_channels`, so the rest of minidiff
+cannot tell them apart:
   - x_t, the noisy image, (B, H, W, C), and the noise level t in [0, 1], (B,),
   - the caption as token embeddings (B, L, D), their mask (B, L) and a pooled
     summary (B, D),
@@ -64,7 +65,8 @@ def sincos_positions(grid: int, dim: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
     image_size: int = 32
-    channels: int = 3  # image channels (RGB)
+    in_channels: int = 3  # channels of the input: x_t's (RGB), and of anything concatenated to it
+    out_channels: int = 3  # channels of the prediction: x_t's
     patch_size: int = 2  # each p x p patch is one token: (H / p)^2 tokens
     width: int = 128  # the tokens' width
     depth: int = 4  # transformer blocks
@@ -83,6 +85,10 @@ class DiTConfig:
     def grid(self) -> int:
         """Patches along each side."""
         return self.image_size // self.patch_size
+
+    def describe(self) -> str:
+        return (f"DiT, {self.depth} blocks of width {self.width} over {self.grid}x{self.grid} patches of "
+                f"{self.patch_size}x{self.patch_size} px")
 
 
 def layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -123,9 +129,9 @@ class DiT(nnx.Module):
 
     def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
         c = self.config = config
-        width, patch_values = c.width, c.patch_size**2 * c.channels
+        width, p = c.width, c.patch_size
         # A linear map of each flattened patch: a p x p convolution with stride p, as DiT's "patchify".
-        self.patch_in = nnx.Linear(patch_values, width, rngs=rngs)
+        self.patch_in = nnx.Linear(p * p * c.in_channels, width, rngs=rngs)
         # The conditioning: sinusoids of the noise level through an MLP, plus the pooled caption.
         self.time_in = nnx.Linear(c.frequency_dim, width, rngs=rngs)
         self.time_out = nnx.Linear(width, width, rngs=rngs)
@@ -138,12 +144,12 @@ class DiT(nnx.Module):
         self.blocks = nnx.List([DiTBlock(width, c.heads, rngs=rngs) for _ in range(c.depth)])
         self.out_table = nnx.Param(jnp.zeros((2, width)))
         self.out_norm = layer_norm(width, rngs)
-        self.out = nnx.Linear(width, patch_values, kernel_init=zeros, rngs=rngs)
+        self.out = nnx.Linear(width, p * p * c.out_channels, kernel_init=zeros, rngs=rngs)
 
     def __call__(self, xt, t, caption_tokens, caption_mask, caption_pooled):
         c = self.config
         b, p, grid = xt.shape[0], c.patch_size, c.grid
-        patches = space_to_depth(xt, p).reshape(b, grid * grid, p * p * c.channels)  # (B, N, p^2 C)
+        patches = space_to_depth(xt, p).reshape(b, grid * grid, p * p * c.in_channels)  # (B, N, p^2 C_in)
         x = self.patch_in(patches) + sincos_positions(grid, c.width).astype(xt.dtype)  # (B, N, D)
 
         time = noise_level_embedding(t, c.frequency_dim).astype(xt.dtype)  # bfloat16 too, under mixed precision
@@ -156,5 +162,5 @@ class DiT(nnx.Module):
 
         # The last layer's shift and scale come from the conditioning as it is (PixArt-α's final layer).
         shift, scale = jnp.split(self.out_table[...] + cond[:, None], 2, axis=1)  # each (B, 1, D)
-        x = self.out(self.out_norm(x) * (1 + scale) + shift)  # (B, N, p^2 C)
-        return depth_to_space(x.reshape(b, grid, grid, p * p * c.channels), p)  # (B, H, W, C)
+        x = self.out(self.out_norm(x) * (1 + scale) + shift)  # (B, N, p^2 C_out)
+        return depth_to_space(x.reshape(b, grid, grid, p * p * c.out_channels), p)  # (B, H, W, C_out)

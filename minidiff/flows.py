@@ -17,51 +17,43 @@ where neither the image nor the noise dominates. Esser et al. 2024 (SD3, sec.
 3.1) draw t = sigmoid(n), n ~ N(0, 1) ("logit-normal"), which trains most
 there; "uniform" is the plain choice.
 
-Sampling integrates the ODE backwards from t = 1 in equal steps of t: Euler
-(one network call per step) or Heun (a trial Euler step, then the average of
-the slopes at both ends; two calls, counted as `sampling.function_evaluations`
-counts them). A flow is diffusion in other clothes:
-x_t / (1 - t) = x0 + sigma eps with sigma = t / (1 - t), Karras et al.'s
-variable, so a flow is a diffusion model with another schedule and another
-output: x_t / sqrt((1 - t)^2 + t^2) is a variance-preserving x_t with
-alpha_bar = (1 - t)^2 / ((1 - t)^2 + t^2), and in those coordinates an Euler
-step on the straight path is exactly a DDIM step (`sampling.ddim_step`) with
-the same x0 prediction. What differs is what the network is asked to learn,
-and which paths the ODE's solutions take.
-Classifier-free guidance and clipping of the x0 prediction work as in
-`minidiff.sampling`: the velocity, x0 and eps are affine in one another for a
-fixed x_t.
+That is all a flow changes. In the terms of `minidiff.corruption.Diffusion`,
+x_t = alpha x0 + sigma eps with alpha = 1 - t and sigma = t, and the network
+predicts the velocity v = eps - x0, from which
+
+    x0 = x_t - sigma v,      eps = x_t + alpha v.
+
+`StraightFlow` is that process; the loss (`minidiff.loss`) and every sampler
+(`minidiff.sampling`) take it as they take diffusion. An Euler step of the
+flow's ODE in t is exactly the DDIM step, x_s = alpha_s x0 + sigma_s eps, so
+"Euler" is DDIM here; what differs is what the network is asked to learn, and
+which paths the ODE's solutions take.
 """
 
-from functools import partial
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from minidiff.sampling import check_rows, check_shared_settings, dynamic_threshold, guided_output
+from minidiff.corruption import per_image
 
 VELOCITY = "velocity"  # what a flow's network predicts: eps - x0
-FLOW_SAMPLERS = ("euler", "heun")
 TIME_SAMPLINGS = ("logit_normal", "uniform")
+# The least noisy level a sampler visits, as sigma / alpha (Karras et al. 2022, Table 1): the path
+# itself goes on to t = 0, where there is nothing left to remove.
+SIGMA_MIN = 0.002
 
 
 def interpolate(x0, eps, t):
     """x_t = (1 - t) x0 + t eps, the straight path; t has shape (B,)."""
-    t = t.reshape(-1, 1, 1, 1)
-    return (1 - t) * x0 + t * eps
+    return (1 - per_image(t)) * x0 + per_image(t) * eps
 
 
 def velocity_target(x0, eps):
     """dx_t/dt along the straight path: what the network regresses."""
     return eps - x0
-
-
-def x0_and_eps_from_velocity(xt, velocity, t):
-    """Back from a velocity at x_t to (x0, eps): x_t = (1 - t) x0 + t eps and v = eps - x0."""
-    t = jnp.asarray(t).reshape(-1, 1, 1, 1)
-    return xt - t * velocity, xt + (1 - t) * velocity
 
 
 def sample_times(key, batch: int, how: str = "logit_normal"):
@@ -73,97 +65,43 @@ def sample_times(key, batch: int, how: str = "logit_normal"):
     raise ValueError(f"unknown time sampling {how!r}: choose one of {TIME_SAMPLINGS}")
 
 
-def flow_loss(model, x0, token_ids, key, time_sampling: str = "logit_normal", dtype=jnp.float32,
-              low_res_condition=()):
-    """The flow-matching loss on one batch: the mean squared error of the predicted velocity.
+@dataclasses.dataclass(frozen=True)
+class StraightFlow:
+    """The straight-line flow as a process: alpha = 1 - t, sigma = t, the network predicts the velocity,
+    every error weighs the same."""
 
-    x0 (B, H, W, C) in [-1, 1], token_ids (B, L); the network runs on x_t in `dtype`
-    (bfloat16 under mixed precision, with `model` cast by the caller). An upscaler is also shown
-    its low-res image and that image's noise level (`minidiff.superres.training_condition`)."""
-    t_key, eps_key = jax.random.split(key)
-    t = sample_times(t_key, x0.shape[0], time_sampling)
-    eps = jax.random.normal(eps_key, x0.shape)
-    output = model(interpolate(x0, eps, t).astype(dtype), t, token_ids, *low_res_condition).astype(jnp.float32)
-    return jnp.mean((output - velocity_target(x0, eps)) ** 2)
+    time_sampling: str = "logit_normal"  # one of TIME_SAMPLINGS: where training times are drawn
 
+    kind: ClassVar[str] = "flow"
+    prediction: ClassVar[str] = VELOCITY
+    # The levels a second-order ODE solver visits unless told otherwise (`sampling.spacing_of`): uniform
+    # steps in t, which suit straight paths (docs/samplers.md has the errors of both spacings).
+    solver_spacing: ClassVar[str] = "uniform"
 
-# --- Sampling ---------------------------------------------------------------------------
+    def __post_init__(self):
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}")
 
+    def training_times(self, key, batch: int):
+        t = sample_times(key, batch, self.time_sampling)
+        return t, 1.0 - t, t
 
-def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, x0_clipping: str = "static") -> None:
-    """Raise a ValueError that says what is wrong with settings no flow sampler can run."""
-    if sampler not in FLOW_SAMPLERS:
-        raise ValueError(f"a flow model samples with one of {FLOW_SAMPLERS}, not {sampler!r}")
-    check_shared_settings(sampler, num_steps, 1, guidance_scale, x0_clipping)
+    def target(self, x0, eps, alpha, sigma):
+        return velocity_target(x0, eps)
 
+    def loss_weight(self, alpha, sigma):
+        return jnp.ones_like(alpha)
 
-def time_grid(num_steps: int) -> np.ndarray:
-    """The times a sampler visits: 1 (pure noise) down to 0 (the image) in equal steps; num_steps + 1 values."""
-    return np.linspace(1.0, 0.0, num_steps + 1)
+    def x0_and_eps(self, output, xt, alpha, sigma):
+        return xt - per_image(sigma) * output, xt + per_image(alpha) * output
 
+    t_min: ClassVar[float] = SIGMA_MIN / (1.0 + SIGMA_MIN)
 
-def euler_step(x, velocity, t, s):
-    """x_s = x_t + (s - t) v(x_t, t): follow the current velocity for the whole step."""
-    return x + (s - t) * velocity
+    def alpha_sigma(self, t) -> tuple[np.ndarray, np.ndarray]:
+        t = np.asarray(t, np.float64)
+        return 1.0 - t, t
 
-
-def heun_step(velocity_at, x, velocity, t, s):
-    """A trial Euler step to s, the velocity there, then the step again with the average of the two
-    (Heun's method; Karras et al. 2022, Algorithm 1, in t rather than sigma). Error O(h^3) per step."""
-    trial = euler_step(x, velocity, t, s)
-    return x + (s - t) * 0.5 * (velocity + velocity_at(trial, s))
-
-
-@partial(nnx.jit, static_argnames=("sampler", "guided", "x0_clipping", "keep_trajectory"))
-def _sample_loop(model, times, token_ids, empty_ids, low_res_condition, noise, guidance_scale, sampler: str,
-                 guided: bool, x0_clipping: str, keep_trajectory: bool):
-    # Once, reused at every step; an upscaler's low-res image goes with the caption and without it alike.
-    caption = (*model.encode_captions(token_ids), *low_res_condition)
-    empty_caption = (*model.encode_captions(empty_ids), *low_res_condition)
-    batch = noise.shape[0]
-
-    def velocity_at(x, t):
-        """The guided velocity at (x, t), with its x0 prediction clipped as asked; also that x0 (t > 0)."""
-        velocity = guided_output(model, x, jnp.full((batch,), t), caption, empty_caption, guidance_scale, guided)
-        x0_pred, _ = x0_and_eps_from_velocity(x, velocity, t)
-        if x0_clipping != "none":
-            x0_pred = jnp.clip(x0_pred, -1.0, 1.0) if x0_clipping == "static" else dynamic_threshold(x0_pred)
-            velocity = (x - x0_pred) / t  # the velocity that leads to the clipped x0
-        return velocity, x0_pred
-
-    def one_step(x, time_pair):
-        t, s = time_pair
-        velocity, x0_pred = velocity_at(x, t)
-        if sampler == "heun":
-            x = heun_step(lambda y, u: velocity_at(y, u)[0], x, velocity, t, s)
-        else:
-            x = euler_step(x, velocity, t, s)
-        return x, (x0_pred if keep_trajectory else None)
-
-    x, trajectory = jax.lax.scan(one_step, noise, (times[:-2], times[1:-1]))
-    # The last step lands on t = 0, where an Euler step from t gives x - t v, the x0 prediction itself.
-    _, x0_pred = velocity_at(x, times[-2])
-    if keep_trajectory:
-        trajectory = jnp.concatenate([trajectory, x0_pred[None]])
-    return x0_pred, trajectory
-
-
-def sample(model, noise, token_ids, empty_ids, key=None, *, num_steps: int = 50, sampler: str = "euler",
-           guidance_scale: float = 1.0, x0_clipping: str = "static", keep_trajectory: bool = False,
-           low_res_condition=()):
-    """Integrate a flow model's ODE from `noise` (B, H, W, C) at t = 1 to images at t = 0; (B, H, W, C).
-
-    The same interface as `minidiff.sampling.sample`, without a noise schedule (the path is the
-    straight line) or eta (both samplers are deterministic; `key` is accepted and unused). With
-    keep_trajectory, also returns the x0 prediction at every step, (num_steps, B, H, W, C). An upscaler
-    takes its `low_res_condition` too (`minidiff.superres.low_res_condition`).
-    """
-    del key  # an ODE solver draws no noise
-    check_settings(sampler, num_steps, guidance_scale, x0_clipping)
-    check_rows(noise, token_ids, empty_ids)
-    images, trajectory = _sample_loop(
-        model, jnp.asarray(time_grid(num_steps), jnp.float32), token_ids, empty_ids, tuple(low_res_condition), noise,
-        jnp.float32(guidance_scale), sampler=sampler, guided=guidance_scale != 1.0, x0_clipping=x0_clipping,
-        keep_trajectory=keep_trajectory,
-    )
-    return (images, trajectory) if keep_trajectory else images
+    def time_of(self, noise_to_signal) -> np.ndarray:
+        """sigma / alpha = t / (1 - t), solved for t."""
+        noise_to_signal = np.asarray(noise_to_signal, np.float64)
+        return noise_to_signal / (1.0 + noise_to_signal)

@@ -1,14 +1,12 @@
 """Into the latent space: the autoencoder trained, and a dataset's latents encoded once and cached.
 
-    minidiff train-autoencoder --dataset flowers --image-size 64 --factor 4 --out runs/ae
-    minidiff train --dataset flowers --image-size 64 --autoencoder runs/ae/autoencoder.npz --out runs/latent
+    minidiff train-autoencoder --set data.dataset=flowers data.image_size=64 --out runs/ae
+    minidiff train --recipe RECIPE --set model.autoencoder=runs/ae/autoencoder.npz --out runs/latent
 
-The autoencoder (`minidiff.autoencoder`) trains like the diffusion model
-(`minidiff.training`): AdamW at a learning rate that follows the run's
-progress, a length in steps or minutes, a progress bar, checkpoints and exact
-resume (a batch depends only on the seed and the step). At every save, the
-latents' scale is measured on the training images and stored with the
-weights, so the file is always ready to use.
+The autoencoder (`minidiff.autoencoder`) trains in the loop the diffusion
+model trains in (`minidiff.loop`), with its own loss and batches. At every
+save, the latents' scale is measured on the training images and stored with
+the weights, so the file is always ready to use.
 
 A latent diffusion model never runs the encoder while it trains: its dataset
 is encoded once (`latent_dataset`), and the latents cached beside the image
@@ -17,111 +15,30 @@ cache, keyed by the autoencoder file's SHA-256 and the images' own bytes.
 
 import dataclasses
 import hashlib
-import math
-import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
-from minidiff.autoencoder import (CONFIG_KEY, Autoencoder, AutoencoderConfig, autoencoder_loss, encode_images,
-                                  file_sha256, latent_scale_of)
+from minidiff.autoencoder import (CONFIG_KEY, Autoencoder, AutoencoderConfig, autoencoder_config_of,
+                                  autoencoder_loss, encode_images, file_sha256, latent_scale_of)
 from minidiff.corruption import to_model_range
-from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
+from minidiff.datasets.base import CaptionedImages, model_inputs
 from minidiff.datasets.cache import default_cache_dir
+from minidiff.loop import Run, Task, TrainConfig, batch_indices, new_run, restore_run, resumed_config, train
 from minidiff.machinery.atomic import atomic_write
-from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, save_checkpoint
-from minidiff.machinery.compiled_step import CompiledStep
+from minidiff.machinery.checkpoints import Checkpoint
 from minidiff.machinery.initialisation import initialised
-from minidiff.optimization import adamw, learning_rate_at
 
 SCALE_IMAGES = 1024  # images the latent scale is measured on
+KIND = "autoencoder run"
 
 
-@dataclasses.dataclass(frozen=True)
-class AutoencoderTraining:
-    steps: int = 2000  # the run's length, unless it has a budget in minutes
-    minutes: float = 0.0  # a budget of training time (compiling not counted); 0 = none, use steps
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 500  # 0 = only at the end
-
-    def __post_init__(self):
-        for name, smallest in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("seed", 0),
-                               ("checkpoint_every", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < smallest:
-                raise ValueError(f"{name} must be a whole number of at least {smallest}, got {value!r}")
-        for name in ("learning_rate", "grad_clip"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        if not (0 <= self.minutes < math.inf and 0 <= self.weight_decay < math.inf and 0 <= self.warmup < 1):
-            raise ValueError(f"minutes and weight_decay must be at least 0 and warmup in [0, 1), got {self.minutes}, "
-                             f"{self.weight_decay} and {self.warmup}")
-
-
-@dataclasses.dataclass
-class AutoencoderRun:
-    """What an autoencoder's training carries from step to step, and what its checkpoint holds."""
-
-    model: Autoencoder
-    optimizer: nnx.Optimizer
-    config: AutoencoderTraining
-    step: int = 0
-    trained_seconds: float = 0.0
-    losses: list = dataclasses.field(default_factory=list)  # (step, loss, reconstruction L1, KL per image)
-
-    @property
-    def progress(self) -> float:
-        if self.config.minutes:
-            return min(1.0, self.trained_seconds / (60.0 * self.config.minutes))
-        return min(1.0, self.step / self.config.steps)
-
-
-def new_autoencoder_run(model_config: AutoencoderConfig, config: AutoencoderTraining) -> AutoencoderRun:
-    model = initialised(Autoencoder, model_config, config.seed)
-    return AutoencoderRun(model, nnx.Optimizer(model, adamw(config.weight_decay, config.grad_clip), wrt=nnx.Param),
-                          config)
-
-
-def save_autoencoder_run(path, run: AutoencoderRun) -> Path:
-    header = {CONFIG_KEY: dataclasses.asdict(run.model.config), "autoencoder_training": dataclasses.asdict(run.config),
-              "step": run.step, "trained_seconds": run.trained_seconds, "losses": run.losses}
-    return save_checkpoint(path, header, autoencoder=run.model, optimizer=run.optimizer)
-
-
-def resume_autoencoder_run(path, config: AutoencoderTraining | None = None) -> AutoencoderRun:
-    """Reopen an autoencoder's run; `config` may change its length (steps or minutes), nothing else."""
-    checkpoint = Checkpoint(path)
-    model_config, saved, step, seconds, losses = checkpoint.fields(
-        CONFIG_KEY, "autoencoder_training", "step", "trained_seconds", "losses", kind="autoencoder training run")
-    saved = AutoencoderTraining(**saved)
-    if config is not None and dataclasses.replace(config, steps=saved.steps, minutes=saved.minutes) != saved:
-        changed = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
-        raise CheckpointError(f"cannot resume {path} with different settings ({', '.join(changed)}); only the run's "
-                              "length (steps or minutes) may change")
-    model_config = AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()})
-    run = new_autoencoder_run(model_config, config or saved)
-    checkpoint.restore("autoencoder", run.model)
-    checkpoint.restore("optimizer", run.optimizer)
-    run.step, run.trained_seconds, run.losses = int(step), float(seconds), [tuple(x) for x in losses]
-    return run
-
-
-def autoencoder_step(model, optimizer, images_uint8, key, learning_rate, config: AutoencoderTraining):
-    """One AdamW step on `autoencoder_loss`; returns (loss, reconstruction L1, KL per image)."""
-    (loss, (l1, kl)), grads = nnx.value_and_grad(autoencoder_loss, has_aux=True)(
-        model, to_model_range(images_uint8), key)
-    optimizer.update(model, grads, learning_rate=learning_rate)
-    return jnp.stack([loss, l1, kl])
+def _training_loss(model: Autoencoder, batch, constants, key, dtype):
+    (images,) = batch
+    loss, (l1, kl) = autoencoder_loss(model, images.astype(dtype), key)
+    return loss.astype(jnp.float32), {"l1": l1.astype(jnp.float32), "kl": kl.astype(jnp.float32)}
 
 
 @nnx.jit
@@ -140,57 +57,53 @@ def measure_latent_scale(model: Autoencoder, images_uint8: np.ndarray) -> float:
     return scale
 
 
-def train_autoencoder(run: AutoencoderRun, dataset: CaptionedImages, path=None, progress: bool = True,
-                      clock=time.perf_counter) -> AutoencoderRun:
-    """Train until the run's steps are done or its minutes spent; with `path`, checkpoint there every
-    checkpoint_every steps and at the end (each time with the latent scale measured anew)."""
-    config, model = run.config, run.model
-    if dataset.image_size != model.config.image_size or dataset.latent:
-        raise ValueError(f"the autoencoder takes {model.config.image_size} px images, got "
-                         + ("latents" if dataset.latent else f"{dataset.image_size} px ones"))
-    base_key = jax.random.key(config.seed)
-    step_on_device = CompiledStep(autoencoder_step, (model, run.optimizer), config)
-    bar = (tqdm(total=round(60 * config.minutes), initial=round(run.trained_seconds), desc="training the autoencoder",
-                disable=not progress, bar_format="{l_bar}{bar}| {n}/{total} s{postfix}") if config.minutes else
-           tqdm(total=config.steps, initial=run.step, desc="training the autoencoder", disable=not progress,
-                unit="step"))
-    pending, first_step, last_time = [], run.step, clock()
-    try:
-        while run.progress < 1.0:
-            index = batch_indices(len(dataset), config.batch_size, config.seed, run.step)
-            images = dataset.images[index]
-            if dataset.flip_ok:
-                images = mirror_some(images, config.seed, run.step)
-            rate = np.float32(learning_rate_at(run.progress, config.learning_rate, config.warmup))
-            losses = step_on_device(jnp.asarray(images), jax.random.fold_in(base_key, run.step), rate)
-            if run.step == first_step:  # compiled: the clock starts now
-                losses.block_until_ready()
-                last_time = clock()
-            run.step += 1
-            pending.append((run.step, losses))
-            now = clock()
-            run.trained_seconds, last_time = run.trained_seconds + now - last_time, now
-            done = run.progress >= 1.0
-            save = path is not None and (done or (config.checkpoint_every and run.step % config.checkpoint_every == 0))
-            if len(pending) >= config.log_every or save or done:
-                values = [(step, *map(float, np.asarray(losses))) for step, losses in pending]
-                pending.clear()
-                if not all(np.isfinite(v[1]) for v in values):
-                    raise FloatingPointError(f"the autoencoder's loss became {values[-1][1]} near step {values[-1][0]}: "
-                                             f"lower the learning rate (now {config.learning_rate})")
-                run.losses.extend(values)
-                bar.update((round(run.trained_seconds) if config.minutes else run.step) - bar.n)
-                bar.set_postfix(l1=f"{values[-1][2]:.4f}", kl=f"{values[-1][3]:.0f}", refresh=False)
-            if save:
-                step_on_device.sync()
-                measure_latent_scale(model, dataset.images)
-                save_autoencoder_run(path, run)
-                last_time = clock()  # measuring and saving is not training
-    finally:
-        step_on_device.sync()
-        bar.close()
-    measure_latent_scale(model, dataset.images)  # the compiled step's arrays held the scale of its start
-    return run
+class AutoencoderTraining(Task):
+    """The autoencoder's part of a run (`minidiff.loop`): batches of images, the L1 + KL loss, and a file
+    that is ready to use at every save (the latent scale measured anew each time)."""
+
+    kind = KIND
+    description = "training the autoencoder"
+    loss = staticmethod(_training_loss)
+
+    def __init__(self, model: Autoencoder, dataset: CaptionedImages, config: TrainConfig, recipe: dict | None = None):
+        if dataset.image_size != model.config.image_size or dataset.latent:
+            raise ValueError(f"the autoencoder takes {model.config.image_size} px images, got "
+                             + ("latents" if dataset.latent else f"{dataset.image_size} px ones"))
+        self.model_config, self.dataset, self.config, self.recipe = model.config, dataset, config, recipe
+
+    def batch(self, step: int) -> tuple:
+        index = batch_indices(len(self.dataset), self.config.batch_size, self.config.seed, step)
+        return (model_inputs(self.dataset, index, self.config.seed, step),)
+
+    def header(self) -> dict:
+        recipe = {"recipe": self.recipe} if self.recipe is not None else {}
+        return {CONFIG_KEY: dataclasses.asdict(self.model_config), **recipe}
+
+    def before_save(self, model: Autoencoder) -> None:
+        measure_latent_scale(model, self.dataset.images)
+
+
+def start_autoencoder_run(model_config: AutoencoderConfig, config: TrainConfig) -> Run:
+    """A new autoencoder's run. An autoencoder keeps no moving average of its weights (`ema_decay` 0)."""
+    if config.ema_decay:
+        raise ValueError("the autoencoder keeps no moving average of its weights: give ema_decay=0")
+    return new_run(initialised(Autoencoder, model_config, config.seed), config)
+
+
+def resume_autoencoder_run(path, config: TrainConfig | None = None) -> Run:
+    """Reopen an autoencoder's run; `config` may change its length (steps or minutes), nothing else."""
+    (model_config,) = Checkpoint(path).fields(CONFIG_KEY, kind=KIND)
+    run = start_autoencoder_run(autoencoder_config_of(model_config), resumed_config(path, KIND, config))
+    return restore_run(path, run, KIND)
+
+
+def train_autoencoder(run: Run, dataset: CaptionedImages, checkpoint=None, progress: bool = True,
+                      recipe: dict | None = None) -> Run:
+    """Train until the run's steps are done or its minutes spent (`minidiff.loop.train`); with `checkpoint`, save
+    there every checkpoint_every steps and at the end, each time with the latent scale measured anew (and the
+    `recipe` it was made from)."""
+    task = AutoencoderTraining(run.model, dataset, run.config, recipe)
+    return train(run, task, checkpoint=checkpoint, progress=progress)
 
 
 def latent_dataset(dataset: CaptionedImages, autoencoder: Autoencoder, autoencoder_sha256: str, cache_dir=None,

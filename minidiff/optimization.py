@@ -1,9 +1,9 @@
-"""Optimisation: AdamW, a learning rate that follows the run's progress, and mixed precision.
+"""Optimisation: AdamW, at a learning rate that follows the run's progress.
 
 The training step takes its learning rate as an input, worked out before
 each step from the fraction of the run done (`learning_rate_at`), rather than
 from a schedule over the optimizer's own step count: a run with a budget of
-minutes (`TrainConfig.minutes`) knows how far along it is only by the clock,
+minutes (`minidiff.loop.TrainConfig.minutes`) knows how far along it is only by the clock,
 not by a number of steps fixed up front.
 """
 
@@ -11,9 +11,7 @@ import math
 from functools import cache
 
 import jax
-import jax.numpy as jnp
 import optax
-from flax import nnx
 
 
 def learning_rate_at(progress: float, peak: float, warmup: float, end_fraction: float = 0.1) -> float:
@@ -57,17 +55,3 @@ def adamw(weight_decay: float, grad_clip: float) -> optax.GradientTransformation
         optax.adamw(1.0, weight_decay=weight_decay),
         scale_by_given_learning_rate(),
     )
-
-
-def in_bfloat16(model: nnx.Module) -> nnx.Module:
-    """A copy of `model` whose floating-point parameters are bfloat16.
-
-    Mixed precision (Micikevicius et al. 2018): the optimizer keeps and updates
-    float32 weights (small updates would vanish in bfloat16's 8-bit mantissa),
-    while the forward and backward passes run on bfloat16 copies — half the
-    memory traffic, and the fast matrix units of GPUs and TPUs. Made inside the
-    differentiated function, the cast passes gradients back to the float32 weights.
-    """
-    graphdef, state = nnx.split(model)
-    state = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-    return nnx.merge(graphdef, state)

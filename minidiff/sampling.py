@@ -1,83 +1,123 @@
 """Stage 4 — sampling: start from pure noise and denoise step by step.
 
 Every sampler here is the same loop — ask the network what the clean image
-looks like, then take one step from x_t to a less noisy x_s — with a different
-update rule for the step:
+looks like, then take one step from noise level t to a less noisy s — with a
+different update rule for the step. The loop and the rules see the forward
+process only as x_t = alpha_t x0 + sigma_t eps (`minidiff.corruption.Diffusion`,
+or a straight-line flow, `minidiff.flows.StraightFlow`), so each is written
+once and serves both:
 
+  - DDIM (Song et al. 2021, eq. 12): x_s = alpha_s x0 + sigma_s eps, with eps
+    and x0 predicted at t. It is the exact step if x0 were the same all the way,
+    and it is Euler's method for the probability-flow ODE in Karras et al.'s
+    variables x / alpha and sigma / alpha (for a flow, Euler's method in t too).
+    A family indexed by eta: eta = 0 is deterministic, eta > 0 adds fresh noise.
   - DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): draw x_s from the
-    true posterior q(x_s | x_t, x0) with x0 replaced by its prediction.
-  - DDIM (Song et al. 2021, eq. 12): a family indexed by eta; eta = 0 is
-    deterministic (an ODE), eta = 1 recovers DDPM's posterior.
-  - Heun (Karras et al. 2022, Algorithm 1): the same ODE as DDIM, solved with a
-    second-order step (a trial Euler step, then the average of the two slopes).
+    true posterior q(x_s | x_t, x0) with x0 replaced by its prediction. That
+    is DDIM with eta = 1, and written as such.
+  - Heun (Karras et al. 2022, Algorithm 1): the same ODE, solved with a
+    second-order step (a trial DDIM step, then the average of the two slopes).
     Two network calls per step.
   - DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second order too, but with
     one network call per step, reusing the previous step's x0 prediction.
 
-DDPM and DDIM visit `num_steps` of the T training steps, evenly spaced
-(Nichol & Dhariwal 2021, sec. 4). The second-order solvers take Karras et al.'s
-noise levels, which crowd the steps near the clean end where detail forms.
-Every update rule is written for any pair of noise levels t > s, given as
-alpha_bar values; the very last step goes to the clean image (alpha_bar = 1),
-where every rule reduces to "return the x0 prediction".
+Which noise levels a sampler visits is its `spacing`: "uniform" in t (from
+pure noise at t = 1, N levels ending at t = 1 / N: Lin et al. 2024's
+"trailing" steps), or "karras" (Karras et al. 2022, eq. 5: steps crowded near
+the clean end, where detail forms). Unless told otherwise, the first-order
+samplers step uniformly, and the second-order ones take the levels the
+process's own ODE is best solved on (`solver_spacing`: Karras's for diffusion,
+uniform steps along a flow's straight paths). The very last level returns the
+x0 prediction made there: where every rule would land, at t = 0.
 
 Classifier-free guidance (Ho & Salimans 2022, eq. 6) runs the network with and
 without the caption and extrapolates: out = uncond + w (cond - uncond). w = 1
 is the plain conditional model, w = 0 the unconditional one, w > 1 follows the
-caption more closely at some cost in diversity. Because x0, eps and v are
-affine in one another for fixed x_t, guiding any of them is the same.
+caption more closely at some cost in diversity. Because x0, eps and whatever
+the network predicts are affine in one another for fixed x_t, guiding any of
+them is the same.
 
 Each x0 prediction may be clipped before the step uses it. Pixel images live
-in [-1, 1], so clipping a prediction that overshoots ("static", the default)
-keeps strong guidance from driving colours out of range; a latent space has
-no such range ("none"). Static clipping flattens every overshooting pixel to
-the same saturated value; "dynamic" thresholding (Imagen, Saharia et al. 2022,
-sec. 2.3) instead scales a whole image back into range when it overshoots
-(see `dynamic_threshold`), keeping the differences between its pixels.
+in [-1, 1], so clipping a prediction that overshoots ("static") keeps strong
+guidance from driving colours out of range; a latent space has no such range
+("none"). Static clipping flattens every overshooting pixel to the same
+saturated value; "dynamic" thresholding (Imagen, Saharia et al. 2022, sec.
+2.3) instead scales a whole image back into range when it overshoots (see
+`dynamic_threshold`), keeping the differences between its pixels.
 """
 
+import dataclasses
 import math
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minidiff.corruption import NoiseSchedule, network_time, x0_and_eps
-
-SAMPLERS = ("ddpm", "ddim", "heun", "dpm++2m")
+SAMPLERS = ("ddim", "ddpm", "heun", "dpm++2m")  # the first is the default
 SECOND_ORDER = ("heun", "dpm++2m")
+SPACINGS = ("uniform", "karras")
 # What is done to each x0 prediction: clip to [-1, 1], scale each image back into range, or nothing.
 X0_CLIPPINGS = ("static", "dynamic", "none")
 DYNAMIC_THRESHOLD_PERCENTILE = 99.5  # Imagen's p (Saharia et al. 2022, sec. 2.3)
+# Karras et al. 2022 (Table 1) start their solvers at sigma / alpha = 80: beyond it an image is pure
+# noise for any purpose, while the cosine schedule's last step reaches about 20,000, and a flow's
+# infinity, and steps up there would be wasted.
+SIGMA_MAX = 80.0
 
 
-def check_shared_settings(sampler: str, num_steps: int, fewest: int, guidance_scale: float, x0_clipping: str) -> None:
-    """The checks of every sampler, of diffusion (`check_settings`) or of a flow (`minidiff.flows`)."""
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < fewest:
-        raise ValueError(f"{sampler} needs a whole number of steps of at least {fewest}, got {num_steps!r}")
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"the guidance scale must be a finite number (1 = none, 0 = ignore the caption), "
-                         f"got {guidance_scale}")
-    if x0_clipping not in X0_CLIPPINGS:
-        raise ValueError(f"unknown x0 clipping {x0_clipping!r}: choose one of {X0_CLIPPINGS}")
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample: checked here, once, for every caller (the `Generator`, the command, a recipe's
+    [sample] table)."""
+
+    sampler: str = "ddim"  # one of SAMPLERS
+    sampling_steps: int = 50  # noise levels visited; Heun calls the network twice at all but the last
+    guidance: float = 3.0  # classifier-free guidance: 1 = none, 0 = ignore the caption
+    eta: float = 0.0  # DDIM's noise: 0 = deterministic; 1 would be DDPM
+    # What is done to each x0 prediction (one of X0_CLIPPINGS); None: static for a pixel model, none for
+    # a latent model (the `Generator` knows which it has).
+    x0_clipping: str | None = None
+    spacing: str | None = None  # one of SPACINGS; None: the sampler's own on the process (`spacing_of`)
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}: choose one of {SAMPLERS}")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {self.spacing!r}: choose one of {SPACINGS}")
+        if not isinstance(self.sampling_steps, (int, np.integer)) or self.sampling_steps < 1:
+            raise ValueError(f"sampling_steps must be a whole number of at least 1, got {self.sampling_steps!r}")
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"the guidance scale must be a finite number (1 = none, 0 = ignore the caption), "
+                             f"got {self.guidance}")
+        if not 0.0 <= self.eta <= 1.0:  # also false for NaN
+            raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {self.eta}")
+        if self.eta and self.sampler != "ddim":
+            raise ValueError(f"eta is DDIM's noise; {self.sampler} adds "
+                             + ("the noise of eta = 1" if self.sampler == "ddpm" else "none") + ": leave eta at 0")
+        if self.x0_clipping is not None and self.x0_clipping not in X0_CLIPPINGS:
+            raise ValueError(f"unknown x0 clipping {self.x0_clipping!r}: choose one of {X0_CLIPPINGS}")
+
+    @property
+    def network_calls(self) -> int:
+        """Network calls per image (NFE); guidance's two passes are batched into one call."""
+        return 2 * self.sampling_steps - 1 if self.sampler == "heun" else self.sampling_steps
 
 
-def check_settings(sampler: str, num_steps: int, guidance_scale: float = 1.0, eta: float = 0.0,
-                   x0_clipping: str = "static") -> None:
-    """Raise a ValueError that says what is wrong with settings no sampler can run."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
-    check_shared_settings(sampler, num_steps, 2 if sampler in SECOND_ORDER else 1, guidance_scale, x0_clipping)
-    if not 0.0 <= eta <= 1.0:  # also false for NaN
-        raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (DDPM-like), got {eta}")
+class Trajectory(NamedTuple):
+    """Where a sampler went: x_t at each level it visited and its x0 prediction there, each (N, B, H, W, C);
+    the image it returns is the last x0 prediction."""
+
+    xt: jax.Array
+    x0: jax.Array
 
 
-def check_rows(noise, token_ids, empty_ids) -> None:
+def check_rows(noise, caption_ids, empty_ids) -> None:
     """One row of noise, caption ids and empty-caption ids per image, or a ValueError that says so."""
-    if empty_ids.shape != token_ids.shape or noise.shape[0] != token_ids.shape[0]:
-        raise ValueError(f"noise {noise.shape}, token_ids {token_ids.shape} and empty_ids {empty_ids.shape} must "
+    if empty_ids.shape != caption_ids.shape or noise.shape[0] != caption_ids.shape[0]:
+        raise ValueError(f"noise {noise.shape}, caption_ids {caption_ids.shape} and empty_ids {empty_ids.shape} must "
                          "have one row per image, and the ids one shape (B, L): use tokenizer.empty(B)")
 
 
@@ -95,235 +135,192 @@ def dynamic_threshold(x0_pred, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE)
     return jnp.clip(x0_pred, -s, s) / s
 
 
-def function_evaluations(sampler: str, num_steps: int) -> int:
-    """Network calls per image (NFE), of these samplers and of a flow's (`minidiff.flows`); guidance's two
-    passes are batched into one call."""
-    return 2 * num_steps - 1 if sampler == "heun" else num_steps  # Heun's last step is a plain Euler step
+# --- Noise levels ----------------------------------------------------------------------
 
 
-# --- Noise levels --------------------------------------------------------------------
-#
-# A noise level is an alpha_bar; the Karras et al. form of the same level is
-# sigma = sqrt((1 - alpha_bar) / alpha_bar), the noise-to-signal ratio, so that
-# x_t / sqrt(alpha_bar) = x0 + sigma eps.
-
-
-# Plain arithmetic, so that numpy float64 in, float64 out (noise levels near
-# alpha_bar = 1 need the precision); inside the jitted loop it acts on jax arrays.
-def sigma_from_alpha_bar(alpha_bar):
-    return ((1.0 - alpha_bar) / alpha_bar) ** 0.5
-
-
-def alpha_bar_from_sigma(sigma):
-    return 1.0 / (1.0 + sigma**2)
-
-
-def timestep_sequence(num_train_steps: int, num_steps: int) -> np.ndarray:
-    """`num_steps` step indices from T - 1 down to 0, evenly spaced."""
-    if not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"num_steps must be between 1 and {num_train_steps}, got {num_steps}")
-    return np.round(np.linspace(num_train_steps - 1, 0, num_steps)).astype(np.int32)
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
+def karras_sigmas(sigma_min: float, sigma_max: float, count: int, rho: float = 7.0) -> np.ndarray:
     """sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 
     Karras et al. 2022, eq. 5: evenly spaced in sigma^(1/rho), so with rho = 7
     most steps are spent at low noise, where the image's detail is decided.
+    Here sigma is the noise-to-signal ratio sigma / alpha of a process.
     """
-    ramp = np.linspace(0.0, 1.0, num_steps)
+    ramp = np.linspace(0.0, 1.0, count)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-# Karras et al. 2022 (Table 1) start their solvers at sigma = 80: beyond it an image
-# is pure noise for any purpose, while the cosine schedule's last step reaches
-# sigma ~ 20,000, and steps up there would be wasted.
-SIGMA_MAX = 80.0
+def noise_to_signal(process, t) -> np.ndarray:
+    """sigma / alpha at times t (infinite where alpha = 0, a flow's pure noise)."""
+    alpha, sigma = process.alpha_sigma(t)
+    with np.errstate(divide="ignore"):
+        return sigma / alpha
 
 
-def noise_levels(schedule: NoiseSchedule, sampler: str, num_steps: int) -> np.ndarray:
-    """The alpha_bar of each of the `num_steps` levels a sampler visits, noisiest first."""
-    check_settings(sampler, num_steps)
-    alpha_bar = np.asarray(schedule.alpha_bar, np.float64)
-    if sampler not in SECOND_ORDER:
-        return alpha_bar[timestep_sequence(schedule.num_steps, num_steps)]
-    sigmas = sigma_from_alpha_bar(alpha_bar)
-    return alpha_bar_from_sigma(karras_sigmas(sigmas[0], min(sigmas[-1], SIGMA_MAX), num_steps))
+def spacing_of(process, settings: SamplerSettings) -> str:
+    """The spacing of the levels a sampler visits: the one asked for; else uniform for the first-order
+    samplers, and the process's `solver_spacing` for the second-order ones."""
+    if settings.spacing is not None:
+        return settings.spacing
+    return process.solver_spacing if settings.sampler in SECOND_ORDER else "uniform"
 
 
-def step_index_of(schedule: NoiseSchedule, alpha_bar):
-    """The (fractional) training step at which the schedule reaches this noise level.
+def time_grid(process, spacing: str, count: int) -> np.ndarray:
+    """The `count` times a sampler visits, noisiest first, on the host in float64."""
+    if spacing == "uniform":
+        return np.linspace(1.0, 0.0, count + 1)[:-1]
+    if spacing == "karras":
+        highest = min(float(noise_to_signal(process, 1.0)), SIGMA_MAX)
+        return process.time_of(karras_sigmas(float(noise_to_signal(process, process.t_min)), highest, count))
+    raise ValueError(f"unknown spacing {spacing!r}: choose one of {SPACINGS}")
 
-    A noise level between two steps gets a fractional index, interpolated in
-    log alpha_bar (as DPM-Solver does for discrete-time models); the network is
-    then told `corruption.network_time` of it, as in training.
-    """
-    steps = jnp.arange(schedule.num_steps, dtype=jnp.float32)
-    return jnp.interp(-jnp.log(alpha_bar), -jnp.log(schedule.alpha_bar), steps)
+
+def noise_levels(process, settings: SamplerSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, alpha, sigma) of every level the sampler visits, each (sampling_steps,), noisiest first."""
+    t = time_grid(process, spacing_of(process, settings), settings.sampling_steps)
+    return (t, *process.alpha_sigma(t))
 
 
 # --- Guidance -------------------------------------------------------------------------
 
 
-def guided_output(model, xt, t, caption, empty_caption, guidance_scale, guided: bool):
+def guided_output(model, xt, t, caption, empty_caption, guidance, guided: bool):
     """The network output under classifier-free guidance (one batched call for both)."""
     if not guided:
         return model.denoise(xt, t, caption)
     both = jax.tree.map(lambda c, e: jnp.concatenate([c, e]), caption, empty_caption)
     out = model.denoise(jnp.concatenate([xt, xt]), jnp.concatenate([t, t]), both)
     conditional, unconditional = jnp.split(out, 2)
-    return unconditional + guidance_scale * (conditional - unconditional)
+    return unconditional + guidance * (conditional - unconditional)
 
 
 # --- Update rules: one step from noise level t to a less noisy s ----------------------
+#
+# x_t = alpha_t x0 + sigma_t eps. Each rule is given both predictions at t, consistent
+# with x_t (x0 may have been clipped, and eps recomputed to match).
 
 
-def ddpm_step(key, xt, x0_pred, alpha_bar_t, alpha_bar_s):
-    """Draw x_s ~ q(x_s | x_t, x0_pred), the Gaussian posterior (Ho et al. 2020, eqs. 6-7).
+def ddim_step(key, x0_pred, eps_pred, alpha_t, sigma_t, alpha_s, sigma_s, eta):
+    """x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z (Song et al. 2021, eq. 12), z ~ N(0, I),
 
-    Written for any earlier step s < t: with alpha_ts = alpha_bar_t / alpha_bar_s,
-      mean = sqrt(alpha_bar_s) (1 - alpha_ts) / (1 - alpha_bar_t) x0
-           + sqrt(alpha_ts) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t
-      var  = (1 - alpha_ts) (1 - alpha_bar_s) / (1 - alpha_bar_t).
+    with the step's noise c = eta times the std of the posterior q(x_s | x_t, x0): with
+    alpha_ts = alpha_t / alpha_s, its variance is (sigma_t^2 - alpha_ts^2 sigma_s^2) sigma_s^2 / sigma_t^2
+    (Kingma et al. 2021, eq. 33; for diffusion, Ho et al. 2020's beta tilde). eta = 1 draws from that
+    posterior itself: DDPM's step.
     """
-    alpha_ts = alpha_bar_t / alpha_bar_s
-    mean = (jnp.sqrt(alpha_bar_s) * (1 - alpha_ts) * x0_pred + jnp.sqrt(alpha_ts) * (1 - alpha_bar_s) * xt) / (
-        1 - alpha_bar_t
-    )
-    variance = (1 - alpha_ts) * (1 - alpha_bar_s) / (1 - alpha_bar_t)
-    return mean + jnp.sqrt(variance) * jax.random.normal(key, xt.shape)
+    posterior_variance = (sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2) * sigma_s**2 / sigma_t**2
+    noise_std = eta * jnp.sqrt(jnp.maximum(posterior_variance, 0.0))
+    direction = jnp.sqrt(jnp.maximum(sigma_s**2 - noise_std**2, 0.0)) * eps_pred
+    return alpha_s * x0_pred + direction + noise_std * jax.random.normal(key, x0_pred.shape)
 
 
-def ddim_step(key, xt, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta):
-    """x_s = sqrt(alpha_bar_s) x0 + sqrt(1 - alpha_bar_s - s^2) eps + s z (Song et al. 2021, eq. 12)
-
-    with the step's noise s = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_s)
-    (the paper's sigma_t; not Karras et al.'s sigma below, a noise level).
-    """
-    noise_std = eta * jnp.sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s))
-    direction = jnp.sqrt(jnp.maximum(1 - alpha_bar_s - noise_std**2, 0.0)) * eps_pred
-    return jnp.sqrt(alpha_bar_s) * x0_pred + direction + noise_std * jax.random.normal(key, xt.shape)
-
-
-# The second-order solvers work on x / sqrt(alpha_bar) = x0 + sigma eps (Karras et al.'s
-# variable), where the probability-flow ODE is simply d(x / sqrt(alpha_bar)) / d sigma = eps.
-
-
-def heun_step(denoise, xt, eps_pred, alpha_bar_t, alpha_bar_s):
+def heun_step(denoise, x, x0_pred, eps_pred, levels_t, levels_s):
     """One step of Heun's method (Karras et al. 2022, Algorithm 1, lines 5-8).
 
-    A trial Euler step to sigma_s, a second network call there, then the step
-    again with the average of the two slopes: error O(h^3) per step, not O(h^2).
+    In Karras's variables y = x / alpha and k = sigma / alpha the ODE is dy/dk = eps.
+    A trial Euler step to s (the DDIM step), a second network call there, then
+    the step again with the average of the two slopes: error O(h^3) per step,
+    not O(h^2). From pure noise (alpha_t = 0, a flow's t = 1) y is infinite, and
+    the step is the Euler step alone.
     """
-    sigma_t, sigma_s = sigma_from_alpha_bar(alpha_bar_t), sigma_from_alpha_bar(alpha_bar_s)
-    scaled = xt / jnp.sqrt(alpha_bar_t)
-    euler = scaled + (sigma_s - sigma_t) * eps_pred
-    _, eps_at_s = denoise(jnp.sqrt(alpha_bar_s) * euler, alpha_bar_s)
-    return jnp.sqrt(alpha_bar_s) * (scaled + (sigma_s - sigma_t) * 0.5 * (eps_pred + eps_at_s))
+    t, alpha_t, sigma_t = levels_t
+    s, alpha_s, sigma_s = levels_s
+    euler = alpha_s * x0_pred + sigma_s * eps_pred
+    _, eps_at_s = denoise(euler, s, alpha_s, sigma_s)
+    finite = alpha_t > 0
+    alpha_t = jnp.where(finite, alpha_t, 1.0)
+    y_s = x / alpha_t + (sigma_s / alpha_s - sigma_t / alpha_t) * 0.5 * (eps_pred + eps_at_s)
+    return jnp.where(finite, alpha_s * y_s, euler)
 
 
-def dpm_solver_2m_step(xt, x0_pred, previous_x0, alpha_bar_t, alpha_bar_s, previous_h):
+def dpm_solver_2m_step(x, x0_pred, previous_x0, alpha_t, sigma_t, alpha_s, sigma_s, previous_h):
     """One step of DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2); returns (x_s, h).
 
-    With lambda = -log sigma and h = lambda_s - lambda_t, the exact solution of the
-    ODE in the scaled variable y = x / sqrt(alpha_bar) is y_s = (sigma_s / sigma_t) y_t
-    + (1 - e^-h) x0 if x0 were constant over the step (that is DDIM). The 2M step instead extrapolates x0 linearly in lambda
-    from the previous step's prediction: D = (1 + 1 / 2r) x0 - (1 / 2r) x0_previous,
-    r = h_previous / h. On the first step (previous_h = 0) it is plain DDIM.
+    With lambda = log(alpha / sigma) and h = lambda_s - lambda_t, the exact solution of
+    the ODE if x0 were constant over the step is x_s = (sigma_s / sigma_t) x_t +
+    alpha_s (1 - e^-h) x0 (that is DDIM). The 2M step instead extrapolates x0 linearly in
+    lambda from the previous step's prediction: D = (1 + 1 / 2r) x0 - (1 / 2r) x0_previous,
+    r = h_previous / h. On the first step (previous_h = 0) it is plain DDIM. From pure
+    noise (alpha_t = 0) h is infinite and the step is DDIM's, as the formula says.
     """
-    sigma_t, sigma_s = sigma_from_alpha_bar(alpha_bar_t), sigma_from_alpha_bar(alpha_bar_s)
-    h = jnp.log(sigma_t / sigma_s)
+    h = jnp.log(alpha_s / sigma_s) - jnp.log(alpha_t / sigma_t)
     r = jnp.where(previous_h > 0, previous_h / h, 1.0)
     extrapolated = (1 + 0.5 / r) * x0_pred - (0.5 / r) * previous_x0
     data = jnp.where(previous_h > 0, extrapolated, x0_pred)
-    scaled = (sigma_s / sigma_t) * (xt / jnp.sqrt(alpha_bar_t)) - jnp.expm1(-h) * data
-    return jnp.sqrt(alpha_bar_s) * scaled, h
+    return (sigma_s / sigma_t) * x - alpha_s * jnp.expm1(-h) * data, h
 
 
 # --- The loop -------------------------------------------------------------------------
 
 
-@partial(nnx.jit, static_argnames=("sampler", "guided", "x0_clipping", "keep_trajectory"))
-def _sample_loop(
-    model, schedule: NoiseSchedule, levels, token_ids, empty_ids, low_res_condition, key, noise, guidance_scale, eta,
-    sampler: str, guided: bool, x0_clipping: str, keep_trajectory: bool,
-):
+@partial(nnx.jit, static_argnames=("process", "sampler", "guided", "x0_clipping", "keep_trajectory"))
+def _sample_loop(model, process, levels, caption_ids, empty_ids, conditioning, key, noise, guidance, eta,
+                 sampler: str, guided: bool, x0_clipping: str, keep_trajectory: bool):
     # Once, reused at every step; an upscaler's low-res image goes with the caption and without it alike.
-    caption = (*model.encode_captions(token_ids), *low_res_condition)
-    empty_caption = (*model.encode_captions(empty_ids), *low_res_condition)
+    caption = (*model.encode_captions(caption_ids), *conditioning)
+    empty_caption = (*model.encode_captions(empty_ids), *conditioning)
     batch = noise.shape[0]
 
-    def denoise(x, alpha_bar):
-        """(x0_pred, eps_pred) at noise level alpha_bar, guided, with x0 clipped as asked."""
-        time = jnp.full((batch,), network_time(step_index_of(schedule, alpha_bar), schedule.num_steps))
-        output = guided_output(model, x, time, caption, empty_caption, guidance_scale, guided)
-        x0_pred, eps_pred = x0_and_eps(model.config.prediction, output, x, jnp.full((batch,), alpha_bar))
+    def denoise(x, t, alpha, sigma):
+        """(x0_pred, eps_pred) at noise level t, guided, with x0 clipped as asked."""
+        output = guided_output(model, x, jnp.full((batch,), t), caption, empty_caption, guidance, guided)
+        x0_pred, eps_pred = process.x0_and_eps(output, x, jnp.full((batch,), alpha), jnp.full((batch,), sigma))
         if x0_clipping != "none":
             # Bring the prediction into the image range and recompute eps to match it.
             x0_pred = jnp.clip(x0_pred, -1.0, 1.0) if x0_clipping == "static" else dynamic_threshold(x0_pred)
-            eps_pred = (x - jnp.sqrt(alpha_bar) * x0_pred) / jnp.sqrt(1 - alpha_bar)
+            eps_pred = (x - alpha * x0_pred) / sigma
         return x0_pred, eps_pred
 
     def one_step(carry, level_pair):
         x, key, previous_x0, previous_h = carry
-        alpha_bar_t, alpha_bar_s = level_pair
+        (t, alpha_t, sigma_t), (s, alpha_s, sigma_s) = level_pair
         key, step_key = jax.random.split(key)
-        x0_pred, eps_pred = denoise(x, alpha_bar_t)
+        x0_pred, eps_pred = denoise(x, t, alpha_t, sigma_t)
         h = previous_h
-        if sampler == "ddpm":
-            x = ddpm_step(step_key, x, x0_pred, alpha_bar_t, alpha_bar_s)
-        elif sampler == "ddim":
-            x = ddim_step(step_key, x, x0_pred, eps_pred, alpha_bar_t, alpha_bar_s, eta)
+        if sampler in ("ddim", "ddpm"):
+            x = ddim_step(step_key, x0_pred, eps_pred, alpha_t, sigma_t, alpha_s, sigma_s, eta)
         elif sampler == "heun":
-            x = heun_step(denoise, x, eps_pred, alpha_bar_t, alpha_bar_s)
+            x = heun_step(denoise, x, x0_pred, eps_pred, (t, alpha_t, sigma_t), (s, alpha_s, sigma_s))
         else:
-            x, h = dpm_solver_2m_step(x, x0_pred, previous_x0, alpha_bar_t, alpha_bar_s, previous_h)
-        return (x, key, x0_pred, h), (x0_pred if keep_trajectory else None)
+            x, h = dpm_solver_2m_step(x, x0_pred, previous_x0, alpha_t, sigma_t, alpha_s, sigma_s, previous_h)
+        return (x, key, x0_pred, h), (Trajectory(carry[0], x0_pred) if keep_trajectory else None)
 
-    start = (noise, key, jnp.zeros_like(noise), jnp.float32(0.0))
-    (x, _, _, _), trajectory = jax.lax.scan(one_step, start, (levels[:-1], levels[1:]))
-    # The last step lands on the clean image: every rule above returns x0_pred there.
-    x0_pred, _ = denoise(x, levels[-1])
+    # Noise of the spread x_t has at the first level for data of unit variance: sqrt(alpha^2 + sigma^2).
+    times, alphas, sigmas = levels
+    x = noise * jnp.sqrt(alphas[0] ** 2 + sigmas[0] ** 2)
+    now = (times[:-1], alphas[:-1], sigmas[:-1])
+    after = (times[1:], alphas[1:], sigmas[1:])
+    (x, _, _, _), trajectory = jax.lax.scan(one_step, (x, key, jnp.zeros_like(x), jnp.float32(0.0)), (now, after))
+    x0_pred, _ = denoise(x, times[-1], alphas[-1], sigmas[-1])  # the last level: its x0 prediction
     if keep_trajectory:
-        trajectory = jnp.concatenate([trajectory, x0_pred[None]])
+        trajectory = jax.tree.map(lambda path, last: jnp.concatenate([path, last[None]]), trajectory,
+                                  Trajectory(x, x0_pred))
     return x0_pred, trajectory
 
 
-def sample(
-    model,
-    schedule: NoiseSchedule,
-    noise,
-    token_ids,
-    empty_ids,
-    key=None,
-    *,
-    num_steps: int = 50,
-    sampler: str = "ddim",
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
-    x0_clipping: str = "static",
-    keep_trajectory: bool = False,
-    low_res_condition=(),
-):
+def sample(model, process, noise, caption_ids, empty_ids, key=None, *, keep_trajectory: bool = False,
+           conditioning=(), **settings):
     """Denoise `noise` (B, H, W, C), pure Gaussian noise, into one image per caption; (B, H, W, C).
 
-    token_ids (B, L) are the captions, empty_ids (B, L) the "no caption" ids
-    (`Tokenizer.empty(B)`), used for guidance. `key` drives the fresh noise of
-    DDPM and of DDIM with eta > 0 (the other samplers are deterministic).
-    `eta` applies to DDIM only. With keep_trajectory, also returns the x0
-    prediction at every step, (num_steps, B, H, W, C). One compilation per
-    (batch shape, num_steps, sampler). The arrays stay where the caller put
-    them: rows split over devices, with the model replicated on them, are
-    sampled there (`minidiff.generator.Generator` does that). An upscaler
-    takes its `low_res_condition` too (`minidiff.superres.low_res_condition`).
+    `process` is the forward process the model learned to undo (`corruption.Diffusion` or
+    `flows.StraightFlow`); `settings` are `SamplerSettings`' (sampler, sampling_steps, guidance,
+    eta, x0_clipping, spacing), checked there. caption_ids (B, L) are the captions, empty_ids
+    (B, L) the "no caption" ids (`Tokenizer.empty(B)`), used for guidance. `key` drives the
+    fresh noise of DDPM and of DDIM with eta > 0 (the other samplers are deterministic). With
+    keep_trajectory, also returns the `Trajectory`: x_t and the x0 prediction at every level.
+    One compilation per (batch shape, settings). The arrays stay where the caller put them:
+    rows split over devices, with the model replicated on them, are sampled there
+    (`minidiff.generator.Generator` does that). An upscaler takes its `conditioning` too
+    (`minidiff.superres.low_res_condition`).
     """
-    check_settings(sampler, num_steps, guidance_scale, eta, x0_clipping)
-    check_rows(noise, token_ids, empty_ids)
-    levels = jnp.asarray(noise_levels(schedule, sampler, num_steps), jnp.float32)
+    settings = SamplerSettings(**settings)
+    check_rows(noise, caption_ids, empty_ids)
+    levels = tuple(jnp.asarray(level, jnp.float32) for level in noise_levels(process, settings))
     key = jax.random.key(0) if key is None else key
+    eta = 1.0 if settings.sampler == "ddpm" else settings.eta
     images, trajectory = _sample_loop(
-        model, schedule, levels, token_ids, empty_ids, tuple(low_res_condition), key, noise,
-        jnp.float32(guidance_scale), jnp.float32(eta),
-        sampler=sampler, guided=guidance_scale != 1.0, x0_clipping=x0_clipping, keep_trajectory=keep_trajectory,
+        model, process, levels, caption_ids, empty_ids, tuple(conditioning), key, noise,
+        jnp.float32(settings.guidance), jnp.float32(eta), sampler=settings.sampler,
+        guided=settings.guidance != 1.0, x0_clipping=settings.x0_clipping or "static",
+        keep_trajectory=keep_trajectory,
     )
     return (images, trajectory) if keep_trajectory else images

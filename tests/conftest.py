@@ -16,14 +16,14 @@ one_device_per_cpu_core()
 from minidiff.captions import Tokenizer  # noqa: E402
 from minidiff.datasets import toy_dataset  # noqa: E402
 from minidiff.model import create_model, preset  # noqa: E402
-from minidiff.training import TrainConfig  # noqa: E402
+from minidiff.loop import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def train_config():
     """One training configuration for every test that trains, so that its step compiles once."""
     return TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup=0.3, log_every=1, checkpoint_every=3,
-                       sample_every=3)
+                       report_every=3)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from minidiff.corruption import (
-    cosine_alpha_bar, cosine_schedule, linear_alpha_bar, linear_schedule, make_schedule, network_time,
-    prediction_target, q_sample, q_step, recolour_pixels, snr, to_model_range, to_uint8, x0_and_eps,
+    Diffusion, cosine_alpha_bar, cosine_schedule, linear_alpha_bar, linear_schedule, loss_weight, make_schedule,
+    network_time, prediction_target, q_sample, q_step, recolour_pixels, snr, to_model_range, to_uint8, x0_and_eps,
 )
 
 
@@ -63,9 +63,10 @@ def test_every_prediction_recovers_x0_and_eps(prediction):
     k1, k2 = jax.random.split(jax.random.key(0))
     x0, eps = jax.random.normal(k1, (3, 4, 4, 3)), jax.random.normal(k2, (3, 4, 4, 3))
     ab = jnp.array([0.9, 0.5, 0.01])
+    alpha, sigma = jnp.sqrt(ab), jnp.sqrt(1 - ab)
     xt = q_sample(x0, ab, eps)
-    target = prediction_target(prediction, x0, eps, ab)
-    x0_back, eps_back = x0_and_eps(prediction, target, xt, ab)
+    target = prediction_target(prediction, x0, eps, alpha, sigma)
+    x0_back, eps_back = x0_and_eps(prediction, target, xt, alpha, sigma)
     np.testing.assert_allclose(x0_back, x0, atol=2e-4 if prediction != "eps" else 2e-3)
     np.testing.assert_allclose(eps_back, eps, atol=2e-4)
 
@@ -85,3 +86,45 @@ def test_pixel_range_round_trip():
     assert np.array_equal(to_uint8(x), images)
     # The same rule inside a compiled program, on JAX arrays.
     np.testing.assert_allclose(jax.jit(to_model_range)(jnp.asarray(images)), x, atol=1e-6)  # XLA may round differently
+
+
+def test_the_diffusion_process_trains_on_its_schedule_and_samples_between_its_steps():
+    """Training times are steps of the schedule, told to the network as (step + 1) / T, with alpha^2 = alpha_bar;
+    between steps, the levels a sampler visits interpolate log alpha_bar, and `time_of` inverts them."""
+    process = Diffusion(num_timesteps=1000)
+    schedule = cosine_schedule(1000)
+    t, alpha, sigma = process.training_times(jax.random.key(0), 4096)
+    steps = np.round(np.asarray(t) * 1000).astype(int) - 1
+    assert steps.min() >= 0 and steps.max() <= 999 and len(np.unique(steps)) > 900
+    np.testing.assert_allclose(np.asarray(alpha) ** 2, np.asarray(schedule.alpha_bar)[steps], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(alpha) ** 2 + np.asarray(sigma) ** 2, 1.0, rtol=1e-5)
+    grid_alpha, grid_sigma = process.alpha_sigma(np.array([0.001, 0.5, 1.0]))
+    np.testing.assert_allclose(grid_alpha**2, np.asarray(schedule.alpha_bar, np.float64)[[0, 499, 999]], rtol=1e-5)
+    between = np.array([0.0123, 0.4567, 0.987])
+    a, s = process.alpha_sigma(between)
+    np.testing.assert_allclose(process.time_of(s / a), between, rtol=1e-9)
+    assert process.t_min == pytest.approx(1e-3)
+
+
+def test_the_diffusion_process_weighs_errors_as_its_weighting_says():
+    alpha = jnp.sqrt(jnp.array([0.99, 0.5, 0.01]))
+    sigma = jnp.sqrt(1 - alpha**2)
+    for weighting in ("clipped_snr", "min_snr", "none"):
+        process = Diffusion(prediction="v", loss_weighting=weighting)
+        np.testing.assert_allclose(process.loss_weight(alpha, sigma),
+                                   loss_weight(weighting, "v", alpha**2 / sigma**2, 5.0), rtol=1e-6)
+    # clipped SNR: the x0 weight min(SNR, 5) floored at 1, on v's error divided by SNR + 1.
+    expected = np.array([5.0 / 100.0, 1.0 / 2.0, 1.0 / (0.01 / 0.99 + 1)])
+    np.testing.assert_allclose(Diffusion().loss_weight(alpha, sigma), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(schedule="quadratic"), "schedule must be one of"),
+    (dict(num_timesteps=1), "at least 2"),
+    (dict(prediction="velocity"), "prediction must be one of"),
+    (dict(loss_weighting="snr"), "loss_weighting must be one of"),
+    (dict(min_snr_gamma=float("nan")), "positive"),
+])
+def test_a_diffusion_process_that_cannot_be_is_a_clear_error(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Diffusion(**fields)

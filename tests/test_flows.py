@@ -1,16 +1,15 @@
-"""Straight-line flows (`minidiff.flows`): the path and its velocity, the time sampling, and the
-Euler and Heun samplers against a flow whose exact velocity is known (`GaussianFlowOracle`)."""
+"""Straight-line flows (`minidiff.flows`): the path and its velocity, the time sampling, the process the
+samplers take, and guidance and clipping on a flow whose exact velocity is known (`GaussianFlowOracle`)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff.corruption import cosine_schedule
+from minidiff.corruption import Diffusion
 from minidiff.course.oracles import GaussianFlowOracle, PointCloudOracle, point_cloud_x0
-from minidiff.flows import euler_step, interpolate, sample, sample_times, velocity_target, x0_and_eps_from_velocity
-from minidiff.sampling import ddim_step, function_evaluations
-from minidiff.sampling import sample as diffusion_sample
+from minidiff.flows import StraightFlow, interpolate, sample_times, velocity_target
+from minidiff.sampling import sample
 
 
 def test_the_path_runs_from_the_image_to_the_noise_at_the_velocity_eps_minus_x0():
@@ -21,9 +20,25 @@ def test_the_path_runs_from_the_image_to_the_noise_at_the_velocity_eps_minus_x0(
     t, h = jnp.full((3,), 0.3), 1e-2
     finite_difference = (interpolate(x0, eps, t + h) - interpolate(x0, eps, t - h)) / (2 * h)
     np.testing.assert_allclose(finite_difference, velocity_target(x0, eps), atol=1e-4)
-    back_x0, back_eps = x0_and_eps_from_velocity(interpolate(x0, eps, t), velocity_target(x0, eps), t)
+
+
+def test_the_flow_as_a_process_is_alpha_one_minus_t_and_sigma_t():
+    """x_t = alpha x0 + sigma eps with alpha = 1 - t, sigma = t: the straight path; the velocity converts back
+    to x0 and eps; `time_of` inverts sigma / alpha; every error weighs the same."""
+    process = StraightFlow()
+    x0, eps = jax.random.normal(jax.random.key(1), (2, 3, 4, 4, 3))
+    t, alpha, sigma = process.training_times(jax.random.key(2), 3)
+    np.testing.assert_allclose(alpha, 1 - t) and np.testing.assert_allclose(sigma, t)
+    xt = interpolate(x0, eps, t)
+    back_x0, back_eps = process.x0_and_eps(process.target(x0, eps, alpha, sigma), xt, alpha, sigma)
     np.testing.assert_allclose(back_x0, x0, atol=1e-5)
     np.testing.assert_allclose(back_eps, eps, atol=1e-5)
+    times = np.array([0.01, 0.3, 0.9])
+    a, s = process.alpha_sigma(times)
+    np.testing.assert_allclose(process.time_of(s / a), times, rtol=1e-12)
+    np.testing.assert_array_equal(process.loss_weight(alpha, sigma), jnp.ones(3))
+    with pytest.raises(ValueError, match="time_sampling must be one of"):
+        StraightFlow(time_sampling="beta")
 
 
 def test_training_times_follow_their_distributions():
@@ -41,43 +56,6 @@ def test_training_times_follow_their_distributions():
         sample_times(jax.random.key(0), 4, "beta")
 
 
-def test_an_euler_step_on_the_straight_path_is_a_ddim_step():
-    """x_t / sqrt((1 - t)^2 + t^2) is a variance-preserving x_t with alpha_bar = (1 - t)^2 / ((1 - t)^2 + t^2):
-    given the same x0 prediction, DDIM's step there and Euler's step here land on the same point."""
-    x, x0_pred = jax.random.normal(jax.random.key(2), (2, 2, 4, 4, 3))
-    t, s = 0.7, 0.4
-    scale = lambda u: ((1 - u) ** 2 + u**2) ** 0.5  # noqa: E731
-    alpha_bar = lambda u: (1 - u) ** 2 / scale(u) ** 2  # noqa: E731
-    velocity = (x - x0_pred) / t  # the velocity whose x0 prediction is x0_pred
-    np.testing.assert_allclose(x0_and_eps_from_velocity(x, velocity, jnp.full((2,), t))[0], x0_pred, atol=1e-5)
-    euler = euler_step(x, velocity, t, s)
-    x_vp = x / scale(t)
-    eps_pred = (x_vp - alpha_bar(t) ** 0.5 * x0_pred) / (1 - alpha_bar(t)) ** 0.5
-    ddim = ddim_step(jax.random.key(0), x_vp, x0_pred, eps_pred, alpha_bar(t), alpha_bar(s), eta=0.0)
-    np.testing.assert_allclose(ddim * scale(s), euler, atol=1e-5)
-
-
-def endpoint_error(sampler, steps, std=0.5):
-    """The largest distance between where a sampler carries noise and where the exact flow does (std * noise)."""
-    noise = jax.random.normal(jax.random.key(3), (8, 4, 4, 3))
-    ids = jnp.zeros((8, 2), jnp.int32)
-    images = sample(GaussianFlowOracle(std), noise, ids, ids, num_steps=steps, sampler=sampler, x0_clipping="none")
-    return float(jnp.max(jnp.abs(images - std * noise)))
-
-
-def test_euler_converges_at_first_order_and_heun_at_second():
-    """Doubling the steps halves Euler's error and quarters Heun's (Heun's last step, which lands on t = 0,
-    is an Euler step, of the same order as Heun's global error)."""
-    euler = [endpoint_error("euler", n) for n in (8, 16, 32)]
-    heun = [endpoint_error("heun", n) for n in (8, 16, 32)]
-    for coarse, fine in zip(euler, euler[1:]):
-        assert 1.7 < coarse / fine < 2.3, euler
-    for coarse, fine in zip(heun, heun[1:]):
-        assert 3.3 < coarse / fine < 4.7, heun
-    assert heun[0] < euler[-1]  # 15 network calls of Heun beat 32 of Euler
-    assert function_evaluations("euler", 8) == 8 and function_evaluations("heun", 8) == 15
-
-
 class CaptionedFlowOracle(GaussianFlowOracle):
     """The Gaussian flow's velocity, plus the caption's mean id: a caption the guidance can act on."""
 
@@ -89,9 +67,9 @@ class CaptionedFlowOracle(GaussianFlowOracle):
 
 
 def test_guidance_and_clipping_act_on_the_velocity_as_computed_by_hand():
-    """Two Euler steps (t = 1 -> 1/2 -> the x0 prediction at 1/2), guided: v = v_empty + w (v_caption - v_empty),
-    here the oracle's velocity + w (the caption adds 1, the empty caption 0); static clipping bounds the x0
-    prediction and steps with the velocity that leads to it."""
+    """Two DDIM (Euler) steps (t = 1 -> 1/2 -> the x0 prediction at 1/2), guided: v = v_empty + w (v_caption -
+    v_empty), here the oracle's velocity + w (the caption adds 1, the empty caption 0); static clipping bounds
+    the x0 prediction and steps with the velocity that leads to it."""
     oracle, w = CaptionedFlowOracle(2.0), 3.0  # data far outside [-1, 1]
     noise = jax.random.normal(jax.random.key(4), (16, 4, 4, 3))
     ones, zeros = jnp.ones((16, 2), jnp.int32), jnp.zeros((16, 2), jnp.int32)
@@ -104,15 +82,14 @@ def test_guidance_and_clipping_act_on_the_velocity_as_computed_by_hand():
         x_half = noise + (0.5 - 1.0) * (noise - x0) / 1.0
         return clip(x_half - 0.5 * guided(x_half, 0.5))
 
-    free = sample(oracle, noise, ones, zeros, num_steps=2, guidance_scale=w, x0_clipping="none")
+    flow = oracle.process
+    free = sample(oracle, flow, noise, ones, zeros, sampling_steps=2, guidance=w, x0_clipping="none")
     np.testing.assert_allclose(free, by_hand(lambda x: x), atol=1e-5)
-    clipped = sample(oracle, noise, ones, zeros, num_steps=2, guidance_scale=w, x0_clipping="static")
+    clipped = sample(oracle, flow, noise, ones, zeros, sampling_steps=2, guidance=w, x0_clipping="static")
     np.testing.assert_allclose(clipped, by_hand(lambda x: jnp.clip(x, -1, 1)), atol=1e-5)
     assert float(jnp.abs(free).max()) > 1.5  # the clipping had something to do
-    with pytest.raises(ValueError, match="a flow model samples with one of"):
-        sample(oracle, noise, ones, zeros, sampler="ddim")
     with pytest.raises(ValueError, match="one row per image"):
-        sample(oracle, noise[:3], ones, zeros)
+        sample(oracle, flow, noise[:3], ones, zeros)
 
 
 def test_the_point_cloud_oracle_is_the_exact_denoiser_of_a_few_points():
@@ -128,11 +105,10 @@ def test_the_point_cloud_oracle_is_the_exact_denoiser_of_a_few_points():
     point = jnp.array([[0.5, -0.25]])
     starts = jnp.asarray(rng.normal(size=(6, 1, 1, 2)), jnp.float32)
     t = jnp.full((6,), 0.4)
-    flow, diffusion = PointCloudOracle(point, "flow"), PointCloudOracle(point, "diffusion")
+    flow, diffusion = PointCloudOracle(point, StraightFlow()), PointCloudOracle(point, Diffusion(prediction="x0"))
     np.testing.assert_allclose(flow.denoise(starts, t, None), (starts - point[0]) / 0.4, atol=1e-5)
     np.testing.assert_allclose(diffusion.denoise(starts, t, None), jnp.broadcast_to(point[0], starts.shape), atol=1e-6)
     ids = jnp.zeros((6, 1), jnp.int32)
-    for images in (sample(flow, starts, ids, ids, num_steps=3, x0_clipping="none"),
-                   diffusion_sample(diffusion, cosine_schedule(1000), starts, ids, ids, num_steps=3,
-                                    x0_clipping="none")):
+    for oracle in (flow, diffusion):
+        images = sample(oracle, oracle.process, starts, ids, ids, sampling_steps=3, guidance=1.0, x0_clipping="none")
         np.testing.assert_allclose(images, jnp.broadcast_to(point[0], starts.shape), atol=1e-5)

@@ -7,8 +7,8 @@ CLI does. For one (preset, image size, batch size) it measures:
 
   - compile time: the first train step, which traces and compiles the program;
   - train images/s: the median of timed steps after it (each waits for its result);
-  - sampling images/s: DDIM, 20 steps, guidance 3 (two network passes per step), the
-    batch split over the same devices;
+  - sampling images/s: DDIM, 20 steps, guidance 3 (two network passes per step; `SAMPLING`),
+    the batch split over the same devices;
   - FLOPs of one train step, from XLA's own cost analysis of the compiled
     program, hence achieved FLOP/s and, where the device's peak is known, the
     model-FLOPs utilisation (MFU = achieved / peak);
@@ -34,14 +34,17 @@ import numpy as np
 from flax import nnx
 
 from minidiff.captions import Tokenizer
-from minidiff.corruption import to_model_range
 from minidiff.datasets import toy_dataset
 from minidiff.generator import Generator
+from minidiff.loop import TrainConfig, batch_indices, compiled_step
 from minidiff.machinery.sharding import mesh_for_batch, replicate, shard_batch
 from minidiff.model import count_parameters, preset
-from minidiff.training import TrainConfig, compiled_train_step, new_train_state, training_loss
+from minidiff.precision import compute_dtype, in_bfloat16
+from minidiff.sampling import SamplerSettings
+from minidiff.training import TextToImageTraining, start_run
 
 LATENT_CHANNELS = 4  # c of the latents a latent model is timed on (Rombach et al. 2022's)
+SAMPLING = SamplerSettings(sampler="ddim", sampling_steps=20, guidance=3.0)  # what sampling is timed with
 # Dense peak FLOP/s per device, (float32, bfloat16), from the vendors' data sheets. XLA runs float32
 # matrix products on NVIDIA tensor cores as TF32 by default, so the float32 peak is TF32's.
 PEAK_FLOPS = {
@@ -73,35 +76,33 @@ def peak_memory_bytes(device) -> int:
 
 def _setup(preset_name: str, image_size: int, batch_size: int, precision: str, backbone: str = "unet",
            latent_factor: int = 0):
-    """A fresh train state and one batch of the embedded set, on the devices `train` would use:
-    the batch split over as many of this host's devices as divide it, the modules replicated.
-    Also returns the batch's captions and that mesh (None for one device). With `latent_factor` f, a
-    latent model of images of that size: its denoiser sees (size / f)^2 x 4 latents, here random ones
-    (a latent model trains on latents cached beforehand, so no encoder runs in its step)."""
+    """A fresh run and one batch of the embedded set, on the devices `train` would use: the batch split over as
+    many of this host's devices as divide it, the modules replicated. Returns the run, the task whose step it
+    takes, the batch and its constants (as the loop hands them to the step), the captions and that mesh (None
+    for one device). With `latent_factor` f, a latent model of images of that size: its denoiser sees
+    (size / f)^2 x 4 latents, here random ones (a latent model trains on latents cached beforehand, so no
+    encoder runs in its step)."""
     data = toy_dataset(num_images=max(2 * batch_size, 64), image_size=image_size, seed=0)
     tokenizer = Tokenizer.from_captions(data.all_captions())
-    size, latent = image_size, {}
+    size, channels = image_size, 3
     if latent_factor:
-        size, latent = image_size // latent_factor, {"channels": LATENT_CHANNELS}
+        size, channels = image_size // latent_factor, LATENT_CHANNELS
     model_config = preset(preset_name, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
-                          backbone=backbone, **latent)
+                          backbone=backbone, channels=channels)
     if latent_factor:  # no file: the benchmark draws latents and decodes none
         model_config = dataclasses.replace(model_config, autoencoder_sha256="none", autoencoder_file="none")
-    config = TrainConfig(batch_size=batch_size, precision=precision)
-    state = new_train_state(model_config, tokenizer, config)
-    schedule = config.noise_schedule()
-    images = data.images[:batch_size]
-    if latent_factor:
-        images = np.random.default_rng(0).normal(size=(batch_size, size, size, LATENT_CHANNELS)).astype(np.float32)
-    captions = [c[0] for c in data.captions[:batch_size]]
-    ids = tokenizer.encode_batch(captions, truncate=True)
-    empty = jnp.asarray(tokenizer.empty(1)[0])
+        latents = np.random.default_rng(0).normal(size=(len(data), size, size, channels)).astype(np.float32)
+        data = dataclasses.replace(data, images=latents, latent=True, flip_ok=False)
+    run = start_run(model_config, TrainConfig(batch_size=batch_size, precision=precision))
+    task = TextToImageTraining(run.model, tokenizer, data, run.config)
+    batch, constants = task.batch(0), tuple(jnp.asarray(c) for c in task.constants())
+    captions = [data.captions[i][0] for i in batch_indices(len(data), batch_size, 0, 0)]
     mesh = mesh_for_batch(batch_size)
     if mesh is None:
-        return state, schedule, jnp.asarray(images), jnp.asarray(ids), empty, captions, None
-    for module in (state.model, state.optimizer, state.ema):
+        return run, task, jax.tree.map(jnp.asarray, batch), constants, captions, None
+    for module in (run.model, run.optimizer, run.ema):
         replicate(module, mesh)
-    return state, schedule, shard_batch(images, mesh), shard_batch(ids, mesh), empty, captions, mesh
+    return run, task, jax.tree.map(lambda rows: shard_batch(rows, mesh), batch), constants, captions, mesh
 
 
 def _flops(jitted, *args, **kwargs) -> float:
@@ -128,19 +129,23 @@ def step_breakdown(preset_name: str, image_size: int, batch_size: int, repeats: 
     loss), the backward pass (the gradients), and the update (gradient clipping, AdamW, EMA),
     each measured as the difference between nested compiled programs. The whole step is the
     program `benchmark` times, on the same devices: after it, it is not compiled again."""
-    state, schedule, images, ids, empty, _, _ = _setup(preset_name, image_size, batch_size, precision, backbone)
-    config = state.config
-    x0 = to_model_range(images)
+    run, task, batch, constants, _, _ = _setup(preset_name, image_size, batch_size, precision, backbone)
     key = jax.random.key(0)
     # Like the train step (`machinery.compiled_step`), compiled on arrays, so no part pays for walking the modules.
-    graphdef, params = nnx.split(state.model)
-    forward = jax.jit(lambda p, *a: training_loss(nnx.merge(graphdef, p), *a, config))
-    gradients = jax.jit(lambda p, *a: nnx.value_and_grad(training_loss)(nnx.merge(graphdef, p), *a, config))
-    loss_args = (params, schedule, x0, ids, key)
+    graphdef, params = nnx.split(run.model)
+    dtype = compute_dtype(precision)
+
+    def loss(p, *args):
+        model = nnx.merge(graphdef, p)
+        return task.loss(in_bfloat16(model) if precision == "bfloat16" else model, *args, dtype)[0]
+
+    forward = jax.jit(loss)
+    gradients = jax.jit(jax.value_and_grad(loss))
+    loss_args = (params, batch, constants, key)
     f_s, f_flops = _median_seconds(lambda: forward(*loss_args), repeats), _flops(forward, *loss_args)
     g_s, g_flops = _median_seconds(lambda: gradients(*loss_args), repeats), _flops(gradients, *loss_args)
-    step = compiled_train_step(state)
-    step_args = (schedule, images, ids, empty, key, np.float32(config.learning_rate))
+    step = compiled_step(run, task)
+    step_args = (batch, constants, key, np.float32(run.config.learning_rate))
     s_flops = _flops(step.program, step.arrays, *step_args)
     s_s = _median_seconds(lambda: step(*step_args), repeats)
     return {"forward": (f_s, f_flops), "backward": (g_s - f_s, g_flops - f_flops), "update": (s_s - g_s, s_flops - g_flops)}
@@ -152,13 +157,13 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     With `latent_factor`, of a latent model of images of `image_size` (its sampling draws latents, not decoded)."""
     if pytorch and latent_factor:
         raise ValueError("the PyTorch peer is timed on pixel models only")
-    state, schedule, images, ids, empty, captions, mesh = _setup(preset_name, image_size, batch_size, precision,
-                                                                 backbone, latent_factor)
-    model_config = state.model.config
+    run, task, batch, constants, captions, mesh = _setup(preset_name, image_size, batch_size, precision, backbone,
+                                                         latent_factor)
+    model_config = run.model.config
     num_devices = mesh.size if mesh is not None else 1
-    step = compiled_train_step(state)  # what `train` runs
-    args = (schedule, images, ids, empty)
-    learning_rate = np.float32(state.config.learning_rate)
+    step = compiled_step(run, task)  # what `train` runs
+    args = (batch, constants)
+    learning_rate = np.float32(run.config.learning_rate)
 
     flops = _flops(step.program, step.arrays, *args, jax.random.key(0), learning_rate)
     start = time.perf_counter()
@@ -172,24 +177,25 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     result = {
         "device": device.device_kind, "devices": num_devices, "backbone": backbone, "preset": preset_name,
         "image_size": image_size, "latent_factor": latent_factor,
-        "batch_size": batch_size, "precision": precision, "parameters": count_parameters(state.model),
+        "batch_size": batch_size, "precision": precision, "parameters": count_parameters(run.model),
         "compile_s": compile_seconds, "step_s": step_seconds, "train_images_per_s": batch_size / step_seconds,
         "step_tflop": flops / 1e12, "achieved_tflop_per_s": flops / step_seconds / 1e12,
         "mfu": model_flops_utilisation(flops, step_seconds, peak, num_devices) if peak and flops else None,
     }
     if sampling:
-        generator = Generator.from_training(state)
+        generator = Generator.from_training(run, task.tokenizer, SAMPLING)
         # The whole batch at once, split over the devices as the CLI splits it.
-        run = lambda: generator.sample(captions, steps=20, guidance=3.0, batch_size=len(captions))  # noqa: E731
-        run()  # compiles
+        draw = lambda: generator.sample(captions, batch_size=len(captions))  # noqa: E731
+        draw()  # compiles
         start = time.perf_counter()
-        run()
+        draw()
         result["sample_images_per_s"] = batch_size / (time.perf_counter() - start)
     result["peak_memory_gb"] = peak_memory_bytes(device) / 1e9
     if pytorch:
         from minidiff.command.pytorch_peer import benchmark_peer  # needs the optional bench extra (PyTorch)
 
-        peer = benchmark_peer(model_config, state.config, np.asarray(images), np.asarray(ids), np.asarray(empty),
+        x0, ids = batch
+        peer = benchmark_peer(model_config, run.config, np.asarray(x0), np.asarray(ids), np.asarray(constants[0]),
                               steps=steps, sampling=sampling)
         result |= peer
         result["speedup"] = result["train_images_per_s"] / peer["peer_train_images_per_s"]

@@ -8,15 +8,18 @@ rooms before it, so the course's order is the import order:
     stages       corruption < denoiser < captions < sampling, the four stages; a stage imports only
                  earlier stages, and `attention` (shared by the denoiser and the caption encoder)
     machinery    what makes a run fast and safe (imports nothing of minidiff but itself)
+    optimization AdamW and its learning rate; mixed precision
+    loop         the one training loop, which everything that trains goes through
     later        the stages the field added later, each a file at the top of `minidiff/` beside the
                  four (or a folder of one room): super-resolution (a cascade's upscaler), latent
                  diffusion's autoencoder, the text encoders, a DiT denoiser, straight-line flows
     model        the stages put together
     datasets     the data every stage is fed
-    optimization AdamW and its learning rate
+    loss         the loss a text-to-image model trains on
+    training     its batches, its run and its checkpoint
     latents      the autoencoder trained, and a dataset's latents cached
-    training     the loss, the step and the loop
     generator    a trained model, used
+    recipe       every named setup as a file, and a run made of one
     evaluation   metrics, judges and pictures
     course       what the chapters use beside the library
     command      the `minidiff` command and its benchmarks
@@ -33,7 +36,10 @@ PACKAGE = Path(__file__).resolve().parents[1]
 STAGES = ("corruption", "denoiser", "captions", "sampling")
 SHARED_BY_STAGES = ("attention",)
 LATER_STAGES = ("superres", "autoencoder", "text_encoders", "dit", "flows")
-ROOMS = ("stages", "machinery", "later", "model", "datasets", "optimization", "latents", "training", "generator", "evaluation", "course", "command")
+ROOMS = ("stages", "machinery", "optimization", "loop", "later", "model", "datasets", "loss", "training", "latents",
+         "generator", "recipe", "evaluation", "course", "command")
+# Modules whose room has another name.
+ROOM_OF = {"precision": "optimization"}
 MAX_LINES = 400
 
 
@@ -56,7 +62,7 @@ def room(module: str) -> str:
         return "stages"
     if top in LATER_STAGES:
         return "later"
-    return top if top in ROOMS else None
+    return ROOM_OF.get(top, top if top in ROOMS else None)
 
 
 def imports_of(path: Path, known) -> set[str]:

@@ -36,11 +36,11 @@ from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from flax import nnx
 
 from minidiff.captions import PAD
-from minidiff.corruption import network_time, snr, to_model_range
+from minidiff.corruption import loss_weight, network_time, snr
 from minidiff.denoiser import UNetConfig
 from minidiff.dit import DiTConfig
+from minidiff.loop import TrainConfig
 from minidiff.model import ModelConfig
-from minidiff.training import TrainConfig, loss_weight
 
 
 def diffusers_unet(c: UNetConfig) -> UNet2DConditionModel:
@@ -52,7 +52,9 @@ def diffusers_unet(c: UNetConfig) -> UNet2DConditionModel:
         raise ValueError(f"diffusers uses {c.groups} GroupNorm groups everywhere; widths {c.widths} are too narrow")
     sizes = [c.image_size // c.patch_size // 2**i for i in range(len(c.widths))]
     attend = [size in c.attention_resolutions for size in sizes]
-    patch_channels = c.patch_size**2 * c.channels
+    if c.in_channels != c.out_channels:
+        raise ValueError("the peer U-Net is shown x_t alone: in_channels must equal out_channels")
+    patch_channels = c.patch_size**2 * c.out_channels
     return UNet2DConditionModel(
         sample_size=sizes[0], in_channels=patch_channels, out_channels=patch_channels,
         flip_sin_to_cos=False, freq_shift=0,  # minidiff's sinusoids: [sin, cos], frequencies 10000^(-i/half)
@@ -147,8 +149,8 @@ def unet_state_dict(unet) -> dict[str, torch.Tensor]:
 def diffusers_dit(c: DiTConfig) -> PixArtTransformer2DModel:
     """PixArtTransformer2DModel with minidiff's DiT architecture (all but the pooled caption: see `PeerDiT`)."""
     return PixArtTransformer2DModel(
-        num_attention_heads=c.heads, attention_head_dim=c.width // c.heads, in_channels=c.channels,
-        out_channels=c.channels, num_layers=c.depth, cross_attention_dim=c.width,
+        num_attention_heads=c.heads, attention_head_dim=c.width // c.heads, in_channels=c.in_channels,
+        out_channels=c.out_channels, num_layers=c.depth, cross_attention_dim=c.width,
         attention_bias=False,  # minidiff's query, key and value projections have no bias
         sample_size=c.image_size, patch_size=c.patch_size, interpolation_scale=1, use_additional_conditions=False,
         caption_channels=c.caption_dim,
@@ -159,7 +161,7 @@ def dit_state_dict(dit) -> dict[str, torch.Tensor]:
     """minidiff's `DiT` parameters as a state dict for `PeerDiT(dit.config)`."""
     c = dit.config
     p = _numpy_tree(nnx.to_pure_dict(nnx.state(dit, nnx.Param)))
-    patch = p["patch_in"]["kernel"].reshape(c.patch_size, c.patch_size, c.channels, c.width)  # rows of (py, px, c)
+    patch = p["patch_in"]["kernel"].reshape(c.patch_size, c.patch_size, c.in_channels, c.width)  # rows of (py, px, c)
     half = c.frequency_dim // 2  # diffusers' sinusoids come as [cos, sin], minidiff's as [sin, cos]
     time_in = {"kernel": np.concatenate([p["time_in"]["kernel"][half:], p["time_in"]["kernel"][:half]]),
                "bias": p["time_in"]["bias"]}
@@ -241,16 +243,19 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8: np.ndarray, token_ids: np.ndarray,
+def benchmark_peer(config: ModelConfig, train_config: TrainConfig, x0: np.ndarray, token_ids: np.ndarray,
                    empty_ids: np.ndarray, steps: int = 10, sampling: bool = True) -> dict:
     """Train images/s (median over `steps` after two warm-up steps) and DDIM-20 guided sampling images/s.
 
-    `images_uint8` is (B, H, W, C) as minidiff takes them; the batch is the same, and so are the
+    `x0` is (B, H, W, C) in [-1, 1] as minidiff's step takes it; the batch is the same, and so are the
     noise schedule, the time the network is told, caption dropout, loss weighting, gradient clipping,
-    weight decay, EMA and precision of `train_config`. The peer predicts v, as minidiff's presets do.
+    weight decay, EMA and precision. The peer is trained by diffusion and predicts v, as minidiff's
+    presets do.
     """
-    if config.prediction != "v":
-        raise ValueError(f"the PyTorch peer predicts v; this model predicts {config.prediction}")
+    process = config.process
+    if process.kind != "diffusion" or process.prediction != "v":
+        raise ValueError(f"the PyTorch peer is trained by diffusion and predicts v; this model is a {process.kind} "
+                         f"model predicting {process.prediction}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_config.precision == "bfloat16")
     torch.manual_seed(0)
@@ -260,13 +265,13 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
                                   weight_decay=train_config.weight_decay)
     # Per training step t: alpha_bar, the network time as diffusers' timestep embedding reads it (minidiff's
     # U-Net scales its time by 1000 the same way), and the loss weight.
-    schedule = train_config.noise_schedule()
-    steps_of_schedule = np.arange(schedule.num_steps)
+    schedule = process.noise_schedule()
+    steps_of_schedule = np.arange(schedule.num_timesteps)
     alpha_bar = torch.tensor(np.array(schedule.alpha_bar), device=device)
-    timesteps = torch.tensor(1000 * np.asarray(network_time(steps_of_schedule, schedule.num_steps)), device=device)
-    weights = torch.tensor(np.asarray(loss_weight(train_config.loss_weighting, "v", snr(schedule.alpha_bar),
-                                                  train_config.min_snr_gamma)), device=device)
-    x0 = torch.tensor(to_model_range(np.array(images_uint8)), device=device).permute(0, 3, 1, 2)
+    timesteps = torch.tensor(1000 * np.asarray(network_time(steps_of_schedule, schedule.num_timesteps)), device=device)
+    weights = torch.tensor(np.asarray(loss_weight(process.loss_weighting, "v", snr(schedule.alpha_bar),
+                                                  process.min_snr_gamma)), device=device)
+    x0 = torch.tensor(np.array(x0), device=device).permute(0, 3, 1, 2)
     ids = torch.tensor(np.array(token_ids), device=device, dtype=torch.long)
     empty = torch.tensor(np.array(empty_ids), device=device, dtype=torch.long)
     batch = x0.shape[0]
@@ -277,7 +282,7 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
         eps = torch.randn_like(x0)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         target = ab.sqrt() * eps - (1 - ab).sqrt() * x0  # v
-        dropped = torch.where(torch.rand(batch, 1, device=device) < train_config.caption_dropout, empty[None], ids)
+        dropped = torch.where(torch.rand(batch, 1, device=device) < config.caption_dropout, empty[None], ids)
         with autocast:
             out = model(xt, timesteps[t], dropped).float()
         loss = (weights[t] * ((out - target) ** 2).mean((1, 2, 3))).mean()
@@ -315,20 +320,20 @@ def benchmark_peer(config: ModelConfig, train_config: TrainConfig, images_uint8:
 
 
 @torch.no_grad()
-def ddim_guided(model, alpha_bar, timesteps, ids, empty, shape, autocast, num_steps: int = 20,
-                guidance_scale: float = 3.0):
+def ddim_guided(model, alpha_bar, timesteps, ids, empty, shape, autocast, sampling_steps: int = 20,
+                guidance: float = 3.0):
     """Deterministic DDIM with classifier-free guidance: the conditional and unconditional passes as one batch."""
     batch = shape[0]
-    steps = torch.linspace(len(alpha_bar) - 1, 0, num_steps, device=ids.device).round().long()
+    steps = torch.linspace(len(alpha_bar) - 1, 0, sampling_steps, device=ids.device).round().long()
     both_ids = torch.cat([ids, empty[None].expand(batch, -1)])
     x = torch.randn(shape, device=ids.device)
     for i, t in enumerate(steps):
         with autocast:
             v_cond, v_uncond = model(torch.cat([x, x]), timesteps[t].expand(2 * batch), both_ids).float().chunk(2)
-        v = v_uncond + guidance_scale * (v_cond - v_uncond)
+        v = v_uncond + guidance * (v_cond - v_uncond)
         ab = alpha_bar[t]
         x0 = ab.sqrt() * x - (1 - ab).sqrt() * v
         eps = (1 - ab).sqrt() * x + ab.sqrt() * v
-        ab_next = alpha_bar[steps[i + 1]] if i + 1 < num_steps else torch.ones((), device=x.device)
+        ab_next = alpha_bar[steps[i + 1]] if i + 1 < sampling_steps else torch.ones((), device=x.device)
         x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
     return x

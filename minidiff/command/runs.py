@@ -1,34 +1,34 @@
-"""A training run as the command sets it up: its data, its model (new or resumed), the loop with its
-sample grids, and the grids themselves. `minidiff train` and `minidiff demo` both run one
-(`run_training`); the other commands draw grids with `draw_grid`.
+"""A training run as the command sets it up: its recipe, its data, its model (new or resumed), the loop
+with its sample grids, and the grids themselves. `minidiff train` and `minidiff demo` both run one
+(`run_training`), `minidiff train-autoencoder` an autoencoder's (`run_autoencoder_training`); the other
+commands draw grids with `draw_grid`.
 """
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minidiff.captions import SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
-from minidiff.command.options import cascade_settings, run_length, train_config
+from minidiff.autoencoder import Autoencoder, decode_latents, encode_images
+from minidiff.captions import Tokenizer
+from minidiff.command.options import cascade_settings, overrides
 from minidiff.corruption import to_model_range, to_uint8
-from minidiff.datasets import CaptionedImages, load_dataset
-from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
-from minidiff.autoencoder import Autoencoder, autoencoder_preset, decode_latents, encode_images, load_autoencoder
-from minidiff.generator import Generator, autoencoder_of, load
+from minidiff.datasets import TOY, CaptionedImages
 from minidiff.evaluation.evaluate import reference_set
 from minidiff.evaluation.metrics import psnr
-from minidiff.latents import (AutoencoderRun, AutoencoderTraining, autoencoder_identity, latent_dataset,
-                              new_autoencoder_run, resume_autoencoder_run, train_autoencoder)
+from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
+from minidiff.generator import Generator, load
+from minidiff.latents import KIND as AUTOENCODER_RUN, resume_autoencoder_run, start_autoencoder_run, train_autoencoder
+from minidiff.loop import Run
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.sharding import data_mesh, mesh_for_batch
-from minidiff.model import ModelConfig, count_parameters, preset
+from minidiff.model import count_parameters
+from minidiff.recipe import AutoencoderRecipe, Recipe, Trained, check, load_recipe, prepare
 from minidiff.superres import downsample, upsample
-from minidiff.text_encoders.frozen import frozen_config, read_text_encoder_file
-from minidiff.training import TrainConfig, TrainState, new_train_state, resume_train_state, train
+from minidiff.training import KIND, resume_run, saved_run, start_run, train
 
 # --- Pictures ----------------------------------------------------------------------
 
@@ -45,8 +45,8 @@ def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, tit
     """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
     note_unknown_words(generator.tokenizer, captions)
     images = generator.sample([c for c in captions for _ in range(per_caption)], **settings)
-    used = Generator.settings(generator.objective, **settings)
-    title = title or f"{used['sampler']}, {used['steps']} steps, guidance {used['guidance']:g}"
+    used = generator.sampler_settings(**{k: v for k, v in settings.items() if k != "seed"})
+    title = title or f"{used.sampler}, {used.sampling_steps} steps, guidance {used.guidance:g}"
     save_figure(captioned_grid(images, captions, title=title), path)
     return images
 
@@ -76,117 +76,6 @@ def draw_upscaled(generator: Generator, images_uint8, captions, path, **settings
     return upscaled
 
 
-# --- Training, piece by piece --------------------------------------------------------
-
-
-def load_training_data(args, image_size: int) -> CaptionedImages:
-    start = time.perf_counter()
-    dataset = load_dataset(args.dataset, args.split, image_size=image_size, num_images=args.num_images,
-                           seed=args.data_seed, data_dir=args.data_dir, use_cache=not args.no_cache,
-                           download=args.download)
-    print(f"dataset {dataset.name}: {len(dataset)} images of {image_size}x{image_size} "
-          f"({time.perf_counter() - start:.1f} s)")
-    return dataset
-
-
-def model_config(args, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None,
-                 text_config: TextEncoderConfig | None = None) -> ModelConfig:
-    """The model --preset, --backbone, --objective, --image-size, --attention-at, --text-encoder and --prediction
-    ask for, reading `tokenizer`'s words; with the --autoencoder, a latent model (its denoiser sees the latents);
-    with `text_config`, a pretrained encoder's (--text-encoder-file), frozen, and the denoiser reads its width."""
-    backbone = args.backbone or args.recipe.get("backbone", "unet")
-    objective = args.objective or args.recipe.get("objective", "diffusion")
-    overrides = {}
-    if args.attention_at and not (backbone != "unet" and args.attention_at == args.recipe.get("attention_at")):
-        if backbone != "unet":  # the demo's recipe places a U-Net's attention: a DiT ignores it
-            raise ValueError("--attention-at places the U-Net's attention; every block of a DiT attends")
-        overrides["attention_resolutions"] = tuple(args.attention_at)
-    size, latent = args.image_size, {}
-    if autoencoder is not None:  # the denoiser works at the latent's side, on its channels
-        size, _, overrides["channels"] = autoencoder.config.latent_shape
-        file, sha256 = autoencoder_identity(args.autoencoder)
-        latent = {"autoencoder_sha256": sha256, "autoencoder_file": file}
-    if text_config is not None:
-        overrides["caption_dim"] = text_config.dim
-    config = preset(args.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
-                    backbone=backbone, objective=objective, upscale_from=args.upscale_from or 0,
-                    text_encoder=args.text_encoder or "transformer", **overrides)
-    if text_config is not None:
-        if args.text_encoder and args.text_encoder != text_config.kind:
-            raise ValueError(f"--text-encoder-file holds a {text_config.kind} encoder, not a {args.text_encoder}: "
-                             "drop --text-encoder")
-        latent["text"] = frozen_config(text_config)
-    return dataclasses.replace(config, **latent, **({"prediction": args.prediction} if args.prediction else {}))
-
-
-def check_resumed_model(args, config: ModelConfig) -> None:
-    """--backbone, --objective and --upscale-from, where given with --resume, must be the run's own; an
-    --autoencoder must be the very file a latent run trained with (`generator.autoencoder_of` checks)."""
-    if args.autoencoder and not config.latent:
-        raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a pixel model's run; it cannot resume with "
-                              "--autoencoder: drop the option, or train a new run in another --out")
-    for name in ("backbone", "objective", "upscale_from"):
-        asked, saved = getattr(args, name), getattr(config, name)
-        if asked is not None and asked != saved:
-            raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with --{name.replace('_', '-')} "
-                                  f"{saved or 'none (a base model)'}; it cannot resume with {asked}: drop the option, "
-                                  "or train a new run in another --out")
-    if args.text_encoder_file or (args.text_encoder and args.text_encoder != config.text.kind):
-        raise CheckpointError(f"{Path(args.out) / 'checkpoint.npz'} is a run with its own {config.text.kind} text "
-                              "encoder; drop --text-encoder and --text-encoder-file, or train a new run in another "
-                              "--out")
-
-
-def new_or_resumed_state(args, dataset: CaptionedImages, config: TrainConfig,
-                         autoencoder: Autoencoder | None = None) -> TrainState:
-    """The run saved in --out (with --resume), or a new model for this dataset's captions."""
-    if args.resume:
-        state = resume_train_state(Path(args.out) / "checkpoint.npz", config)
-        length = f"{state.trained_seconds:.0f} s of {60 * config.minutes:.0f}" if config.minutes else \
-            f"step {state.step} of {config.steps}"
-        print(f"resuming {Path(args.out) / 'checkpoint.npz'} at {length}")
-        return state
-    if args.text_encoder_file:  # its words are the corpus's it was pretrained on
-        text_config, tokenizer, text_encoder = read_text_encoder_file(args.text_encoder_file)
-        return new_train_state(model_config(args, tokenizer, autoencoder, text_config), tokenizer, config,
-                               text_encoder)
-    tokenizer = Tokenizer.from_captions(dataset.all_captions())
-    return new_train_state(model_config(args, tokenizer, autoencoder), tokenizer, config)
-
-
-def describe_model(state: TrainState, preset_name: str) -> str:
-    config = state.model.config
-    denoiser = config.denoiser
-    if config.backbone == "unet":
-        attended = [f"{n}x{n}" for n in denoiser.level_sizes if n in denoiser.attention_resolutions] + ["the middle"]
-        shape = f"U-Net, attention: {', '.join(attended)}"
-    else:
-        shape = (f"DiT, {denoiser.depth} blocks of width {denoiser.width} over {denoiser.grid}x{denoiser.grid} "
-                 f"patches of {denoiser.patch_size}x{denoiser.patch_size} px")
-    role = f"an upscaler from {config.upscale_from} to {denoiser.image_size} px, " if config.upscale_from else ""
-    if config.latent:
-        role = (f"a latent model: it diffuses {denoiser.image_size}x{denoiser.image_size}x{denoiser.channels} latents "
-                f"of {config.autoencoder_file}, ")
-    text = f"{'a frozen pretrained' if config.text.frozen else 'a'} {config.text.kind} text encoder"
-    return (f"model: preset {preset_name}, {count_parameters(state.model) / 1e6:.2f} M parameters, {shape}; "
-            f"{role}{config.objective}, predicts {config.prediction}; {text}")
-
-
-def training_mesh(data_parallel: bool, batch_size: int):
-    """Every device if asked, else as many of this host's as split the batch (a CPU counts one per core)."""
-    mesh = data_mesh() if data_parallel else mesh_for_batch(batch_size)
-    if mesh is not None:
-        print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
-              f"{batch_size // mesh.size} images per device per step")
-    return mesh
-
-
-def saved_model_config(args) -> ModelConfig:
-    """The model of the run --resume continues."""
-    (config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("model_config", kind="training run")
-    return ModelConfig.from_dict(config)
-
-
 def images_to_show(dataset: CaptionedImages, count: int = 4) -> list[int]:
     """The indices of the first image of each of a few classes."""
     shown, classes = [], set()
@@ -203,81 +92,112 @@ def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, 
     return known or [dataset.captions[i][0] for i in images_to_show(dataset, count)]
 
 
-def saved_length(args) -> dict:
-    """The length (steps or minutes) of the run --resume continues."""
-    (config,) = Checkpoint(Path(args.out) / "checkpoint.npz").fields("train_config", kind="training run")
-    config = TrainConfig.from_dict(config)
-    return {"minutes": config.minutes} if config.minutes else {"steps": config.steps, "minutes": 0.0}
+# --- A run of a recipe ---------------------------------------------------------------------
 
 
-def run_training(args, preferred_captions) -> TrainState:
-    """Train as `minidiff train` does; returns the final TrainState. Its sample grids show the
-    `preferred_captions` the model knows every word of (else a few of the dataset's own)."""
-    # The settings are checked before anything slow happens.
-    config = train_config(args, saved_length(args) if args.resume else args.default_length)
-    saved = saved_model_config(args) if args.resume else None
+def check_data_access(args, recipe) -> None:
+    """--data-dir and --download find flowers, birds and folders; the embedded set needs neither."""
+    if recipe.data.dataset in TOY:
+        given = [flag for flag, value in (("--data-dir", args.data_dir), ("--download", args.download)) if value]
+        if given:
+            raise ValueError(f"{given[0]} finds flowers, birds or a folder; this recipe trains on the embedded set "
+                             f"({recipe.data.dataset}), which needs no data on disk")
+
+
+def resumed_recipe(args, kind: str, file: str) -> tuple[Path, dict]:
+    """For --resume: the run's `file` in --out, and its length from --steps or --minutes; a recipe or any
+    other --set is refused: a run continues with its own."""
+    args.out = args.out or str(Path("runs") / args.default_recipe)
+    path = Path(args.out) / file
+    if args.recipe is not None:
+        raise ValueError(f"--resume continues the run in {args.out} with its own recipe: drop --recipe {args.recipe}")
+    length = {"train.steps", "train.minutes"}
+    changed = overrides(args)
+    other = sorted(set(changed) - length)
+    if other:
+        raise ValueError(f"--resume continues the run in {args.out} as it was set; only its length (--steps, --minutes) "
+                         f"may change, not {other[0]}")
+    if not path.is_file():
+        raise CheckpointError(f"no run to resume in {args.out}: train one there first (without --resume)")
+    (saved,) = Checkpoint(path).fields("train_config", kind=kind)
+    length_now = {"steps": saved["steps"], "minutes": saved["minutes"]}
+    length_now |= {key.split(".")[1]: value for key, value in changed.items()}
+    return path, length_now
+
+
+def training_mesh(data_parallel: bool, batch_size: int):
+    """Every device if asked, else as many of this host's as split the batch (a CPU counts one per core)."""
+    mesh = data_mesh() if data_parallel else mesh_for_batch(batch_size)
+    if mesh is not None:
+        print(f"data-parallel over {mesh.size} devices ({jax.devices()[0].platform}): "
+              f"{batch_size // mesh.size} images per device per step")
+    return mesh
+
+
+def speed(run: Run) -> str:
+    """How many images a second the run trained at; the first step of each session compiles and is not timed,
+    so a run of a second or less gives no rate."""
+    if run.trained_seconds < 1.0:
+        return ""
+    return f"{run.step * run.config.batch_size / run.trained_seconds:.0f} images/s; "
+
+
+def run_training(args, preferred_captions) -> Trained:
+    """Train as `minidiff train` does (a new run of --recipe, or --resume the one in --out). Its sample grids show
+    the `preferred_captions` the model knows every word of (else a few of the dataset's own)."""
     if args.resume:
-        check_resumed_model(args, saved)
-    autoencoder = None
-    if args.autoencoder or (saved is not None and saved.latent):
-        autoencoder = autoencoder_of(saved, args.autoencoder) if saved is not None else load_autoencoder(args.autoencoder)
-        args.autoencoder = args.autoencoder or saved.autoencoder_file
-    if autoencoder is not None and not args.resume and args.image_size != autoencoder.config.image_size:
-        raise ValueError(f"the autoencoder encodes {autoencoder.config.image_size} px images: train the latent "
-                         f"model with --image-size {autoencoder.config.image_size}, or train an autoencoder at "
-                         f"{args.image_size} px")
-    if not args.resume:
-        # The model's too (its words are not known yet), and a pretrained text encoder's file.
-        text_config = read_text_encoder_file(args.text_encoder_file)[0] if args.text_encoder_file else None
-        model_config(args, Tokenizer(SPECIAL_TOKENS), autoencoder, text_config)
-    if autoencoder is not None:
-        image_size = autoencoder.config.image_size
-        pixels = load_training_data(args, image_size)
-        dataset = latent_dataset(pixels, autoencoder, autoencoder_identity(args.autoencoder)[1], progress=not args.quiet)
+        path, length = resumed_recipe(args, KIND, "checkpoint.npz")
+        _, _, saved = saved_run(path)
+        recipe = Recipe.from_dict(saved)
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **length))
     else:
-        dataset = load_training_data(args, saved.denoiser.image_size if args.resume else args.image_size)
-        pixels = dataset
-    config = dataclasses.replace(config, horizontal_flip=dataset.flip_ok)
-    state = new_or_resumed_state(args, dataset, config, autoencoder)
-    print(describe_model(state, "(from checkpoint)" if args.resume else args.preset))
-    out = Path(args.out)
-    captions = captions_to_show(dataset, state.tokenizer, preferred_captions)
+        recipe = load_recipe(args.recipe or args.default_recipe, overrides(args))
+        check(recipe)  # the settings and the files it names, before anything slow
+    check_data_access(args, recipe)
+    out = Path(args.out or Path("runs") / recipe.name)
+    args.out = str(out)
+    prepared = prepare(recipe, args.data_dir, use_cache=not args.no_cache, download=args.download,
+                       progress=not args.quiet)
+    print(f"dataset {prepared.images.name}: {len(prepared.images)} images of {recipe.data.image_size} px")
+    checkpoint = out / "checkpoint.npz"
+    if args.resume:
+        saved_config, saved_tokenizer, _ = saved_run(checkpoint)
+        if saved_tokenizer != prepared.tokenizer:
+            raise CheckpointError(f"the data {recipe.data.dataset} has other words than the run in {out} was trained "
+                                  "on: resume it on the same data")
+        prepared = dataclasses.replace(prepared, model_config=saved_config, tokenizer=saved_tokenizer)
+        run = resume_run(checkpoint, recipe.train)
+        print(f"resuming {checkpoint} at step {run.step} of {recipe.train.length}")
+    else:
+        run = start_run(prepared.model_config, recipe.train, prepared.text_encoder)
+    print(f"recipe {recipe.name}: {count_parameters(run.model) / 1e6:.2f} M parameters, "
+          f"{prepared.model_config.describe()}; {recipe.train.length}")
+    trained = Trained(run, prepared)
+    captions = captions_to_show(prepared.images, prepared.tokenizer, preferred_captions)
 
-    def report(state):
-        generator = Generator.from_training(state, autoencoder)
-        path = out / f"samples_step{state.step:06d}.png"
+    def report(run):
+        generator = trained.generator
+        path = out / f"samples_step{run.step:06d}.png"
         if generator.upscale_from:  # real images of a few classes, downsampled and upscaled
-            shown = images_to_show(pixels)
-            draw_upscaled(generator, pixels.images[shown], [pixels.captions[i][0] for i in shown], path, steps=25,
-                          guidance=3.0)
+            images = prepared.images
+            shown = images_to_show(images)
+            draw_upscaled(generator, images.images[shown], [images.captions[i][0] for i in shown], path)
         else:
-            sampler = Generator.settings(generator.objective)["sampler"]
-            draw_grid(generator, captions, path, per_caption=4, steps=25, guidance=3.0,
-                      title=f"step {state.step}: {sampler}, 25 steps, guidance 3")
-        save_loss_curve(state.losses, out / "loss.png")
+            settings = generator.sampler_settings()
+            draw_grid(generator, captions, path, per_caption=4,
+                      title=f"step {run.step}: {settings.sampler}, {settings.sampling_steps} steps, "
+                      f"guidance {settings.guidance:g}")
+        save_loss_curve(run.losses, out / "loss.png")
 
-    mesh = training_mesh(args.data_parallel or args.multi_host, config.batch_size)
+    mesh = training_mesh(args.data_parallel or args.multi_host, recipe.train.batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    state = train(state, dataset, out_dir=out, on_report=report if args.sample_every else None,
-                  progress=not args.quiet, mesh=mesh)
-    # The first step of each session compiles and is not timed: a rate over a second or less would be noise.
-    speed = (f"{state.step * config.batch_size / state.trained_seconds:.0f} images/s; "
-             if state.trained_seconds >= 1.0 else "")
-    print(f"trained {state.step} steps in {state.trained_seconds:.0f} s ({speed}compiling not counted)")
-    return state
+    train(run, prepared.dataset, prepared.tokenizer, checkpoint=checkpoint, mesh=mesh, progress=not args.quiet,
+          on_report=report if recipe.train.report_every else None, recipe=recipe.to_dict())
+    print(f"trained {run.step} steps in {run.trained_seconds:.0f} s ({speed(run)}compiling not counted)")
+    return trained
 
 
 # --- The autoencoder of a latent model ---------------------------------------------------
-
-
-def autoencoder_training_config(args, path: Path) -> AutoencoderTraining:
-    """The run's settings from the options; its length from --steps or --minutes, else the resumed run's own."""
-    default = {"steps": AutoencoderTraining.steps, "minutes": 0.0}
-    if args.resume:
-        (saved,) = Checkpoint(path).fields("autoencoder_training", kind="autoencoder training run")
-        default = {"steps": saved["steps"], "minutes": saved["minutes"]}
-    return AutoencoderTraining(batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                               checkpoint_every=args.checkpoint_every, **({"minutes": 0.0} | run_length(args, default)))
 
 
 def show_reconstructions(autoencoder: Autoencoder, images_uint8, captions, path) -> float:
@@ -292,37 +212,42 @@ def show_reconstructions(autoencoder: Autoencoder, images_uint8, captions, path)
     return quality
 
 
-def run_autoencoder_training(args) -> AutoencoderRun:
-    """Train (or resume) the autoencoder in --out as `minidiff train-autoencoder` does; then show how well it
-    rebuilds held-out images."""
-    out = Path(args.out)
-    path = out / "autoencoder.npz"
-    config = autoencoder_training_config(args, path)  # every setting checked before anything slow
-    shape_options = {"factor": args.factor, "latent_channels": args.latent_channels, "kl_weight": args.kl_weight}
+def run_autoencoder_training(args) -> Run:
+    """Train (or resume) an autoencoder as `minidiff train-autoencoder` does; then show how well it rebuilds
+    held-out images."""
     if args.resume:
-        given = [name for name, value in shape_options.items() if value is not None]
-        if given:
-            raise ValueError(f"--{given[0].replace('_', '-')} is the resumed autoencoder's own: drop it with --resume")
-        run = resume_autoencoder_run(path, config)
+        path, length = resumed_recipe(args, AUTOENCODER_RUN, "autoencoder.npz")
+        (saved,) = Checkpoint(path).fields("recipe", kind=AUTOENCODER_RUN)
+        recipe = AutoencoderRecipe.from_dict(saved)
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **length))
+    else:
+        recipe = load_recipe(args.recipe or args.default_recipe, overrides(args), trains="autoencoder")
+        recipe.model_config()  # checked before anything slow
+    check_data_access(args, recipe)
+    out = Path(args.out or Path("runs") / recipe.name)
+    args.out = str(out)
+    path = out / "autoencoder.npz"
+    if args.resume:
+        run = resume_autoencoder_run(path, recipe.train)
         print(f"resuming {path} at step {run.step}")
     else:
-        factor = shape_options.pop("factor") or 4
-        run = new_autoencoder_run(autoencoder_preset(factor, args.image_size, **{
-            name: value for name, value in shape_options.items() if value is not None}), config)
+        run = start_autoencoder_run(recipe.model_config(), recipe.train)
     model_config = run.model.config
-    dataset = load_training_data(args, model_config.image_size)
+    dataset = recipe.data.load(args.data_dir, use_cache=not args.no_cache, download=args.download)
     print(f"autoencoder: {model_config.image_size} px images to {'x'.join(map(str, model_config.latent_shape))} "
           f"latents (f = {model_config.factor}), {count_parameters(run.model) / 1e6:.2f} M parameters, "
-          f"KL weight {model_config.kl_weight:g}")
+          f"KL weight {model_config.kl_weight:g}; {recipe.train.length}")
     out.mkdir(parents=True, exist_ok=True)
-    train_autoencoder(run, dataset, path, progress=not args.quiet)
-    save_loss_curve([(step, loss) for step, loss, *_ in run.losses], out / "loss.png")
-    held_out = dataset if args.dataset == "folder" else reference_set(args.dataset, model_config.image_size,
-                                                                       num_images=256, data_dir=args.data_dir)
+    train_autoencoder(run, dataset, checkpoint=path, progress=not args.quiet, recipe=recipe.to_dict())
+    save_loss_curve(run.losses, out / "loss.png")
+    folder = recipe.data.dataset == "folder"
+    held_out = dataset if folder else reference_set(recipe.data.dataset, model_config.image_size, num_images=256,
+                                                    data_dir=args.data_dir)
     quality = show_reconstructions(run.model, held_out.images, [c[0] for c in held_out.captions],
                                    out / "reconstructions.png")
-    print(f"trained {run.step} steps in {run.trained_seconds:.0f} s; latent scale {float(run.model.latent_scale[...]):.3f}; "
-          f"reconstructions of {len(held_out)} {'training' if args.dataset == 'folder' else 'held-out'} images: "
-          f"{quality:.1f} dB PSNR")
+    print(f"trained {run.step} steps in {run.trained_seconds:.0f} s; latent scale "
+          f"{float(run.model.latent_scale[...]):.3f}; reconstructions of {len(held_out)} "
+          f"{'training' if folder else 'held-out'} images: {quality:.1f} dB PSNR")
     print(f"wrote {path}, {out / 'reconstructions.png'} and {out / 'loss.png'}")
     return run
+

@@ -8,8 +8,7 @@ x_t = a x0 + sqrt(1 - a^2) eps (a = sqrt(alpha_bar)) is linear:
 
 Driven by it, a correct sampler must produce samples with standard deviation s,
 and a deterministic one must carry each starting noise to a point we can
-compute: the probability-flow ODE keeps x_t / a = x0 + sigma eps on the path
-sqrt(s^2 + sigma^2) z, with sigma^2 = (1 - alpha_bar) / alpha_bar.
+compute (`exact_ode_solution`).
 """
 
 import types
@@ -18,17 +17,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minidiff.corruption import cosine_alpha_bar
+from minidiff.corruption import Diffusion, cosine_alpha_bar
+from minidiff.flows import StraightFlow
 
 
 class GaussianOracle(nnx.Module):
     """Predicts x0 exactly for Gaussian data of standard deviation `std` under the cosine
-    schedule; has the interface samplers call (`encode_captions`, `denoise`) and ignores captions."""
+    schedule; has the interface samplers call (`encode_captions`, `denoise`) and ignores captions.
+    Sample it with its own `process`, which says that it predicts x0."""
+
+    process = Diffusion(prediction="x0")
 
     def __init__(self, std: float = 0.3, image_size: int = 4):
         self.std = std
-        self.config = types.SimpleNamespace(prediction="x0", objective="diffusion",
-                                            denoiser=types.SimpleNamespace(image_size=image_size, channels=3))
+        self.config = types.SimpleNamespace(process=self.process, denoiser=types.SimpleNamespace(
+            image_size=image_size, in_channels=3, out_channels=3))
 
     def encode_captions(self, token_ids):
         return (jnp.zeros(token_ids.shape + (1,)),)
@@ -38,10 +41,11 @@ class GaussianOracle(nnx.Module):
         return jnp.sqrt(alpha_bar) * self.std**2 / (alpha_bar * self.std**2 + 1 - alpha_bar) * xt
 
 
-def exact_ode_solution(noise, alpha_bar_start, std: float):
-    """Where the probability-flow ODE carries x = noise, started at noise level alpha_bar_start."""
-    sigma_start_squared = (1 - alpha_bar_start) / alpha_bar_start
-    return noise / alpha_bar_start**0.5 * std / (std**2 + sigma_start_squared) ** 0.5
+def exact_ode_solution(x, alpha, sigma, std: float):
+    """Where the probability-flow ODE carries x, started at the noise level (alpha, sigma), for Gaussian data
+    of standard deviation `std`: x_t has variance V = alpha^2 s^2 + sigma^2, the ODE keeps x_t / sqrt(V)
+    fixed, and at t = 0, V = s^2. The same for diffusion and for the straight-line flow."""
+    return std * x / (alpha**2 * std**2 + sigma**2) ** 0.5
 
 
 class GaussianFlowOracle(GaussianOracle):
@@ -52,9 +56,7 @@ class GaussianFlowOracle(GaussianOracle):
 
     whose ODE carries x at t = 1 to s x at t = 0 (`x_t = sqrt(V(t)) z` solves it)."""
 
-    def __init__(self, std: float = 0.3, image_size: int = 4):
-        super().__init__(std, image_size)
-        self.config.prediction, self.config.objective = "velocity", "flow"
+    process = StraightFlow()
 
     def denoise(self, xt, t, caption):
         t = t.reshape(-1, 1, 1, 1)
@@ -73,13 +75,15 @@ def point_cloud_x0(x, points, signal, noise):
 class PointCloudOracle(nnx.Module):
     """The exact denoiser of data made of a few points in D dimensions (images of shape (1, 1, D)), under
     diffusion with the cosine schedule (it predicts x0) or as a straight-line flow (the velocity): low-
-    dimensional data whose sampling paths can be drawn. Has the interface samplers call; ignores captions."""
+    dimensional data whose sampling paths can be drawn. Has the interface samplers call; ignores captions.
+    Sample it with its own `process`."""
 
-    def __init__(self, points, objective: str = "diffusion"):
+    def __init__(self, points, process=Diffusion(prediction="x0")):
         self.points = jnp.asarray(points, jnp.float32)
-        prediction = "x0" if objective == "diffusion" else "velocity"
-        self.config = types.SimpleNamespace(prediction=prediction, objective=objective,
-                                            denoiser=types.SimpleNamespace(image_size=1, channels=self.points.shape[1]))
+        self.process = process
+        dims = self.points.shape[1]
+        self.config = types.SimpleNamespace(process=process, denoiser=types.SimpleNamespace(
+            image_size=1, in_channels=dims, out_channels=dims))
 
     def encode_captions(self, token_ids):
         return (jnp.zeros(token_ids.shape + (1,)),)
@@ -87,7 +91,7 @@ class PointCloudOracle(nnx.Module):
     def denoise(self, xt, t, caption):
         x = xt.reshape(xt.shape[0], -1)
         t = t.reshape(-1, 1)
-        if self.config.objective == "diffusion":
+        if self.process.kind == "diffusion":
             alpha_bar = cosine_alpha_bar(t)
             return point_cloud_x0(x, self.points, jnp.sqrt(alpha_bar), jnp.sqrt(1 - alpha_bar)).reshape(xt.shape)
         x0 = point_cloud_x0(x, self.points, 1 - t, t)

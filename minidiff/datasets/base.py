@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from minidiff.captions import words
+from minidiff.corruption import to_model_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,22 +119,6 @@ def with_articles(sentence: str) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", sentence)
 
 
-def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """The image indices of training batch `step`: a pure function of (seed, step).
-
-    Every epoch is a fresh permutation of the dataset. Because a batch depends
-    on nothing but the seed and the step number, a resumed run sees exactly the
-    batches an uninterrupted run would have seen.
-    """
-    start = step * batch_size
-    indices = []
-    while len(indices) < batch_size:
-        epoch, offset = divmod(start + len(indices), num_images)
-        order = np.random.default_rng([seed, epoch]).permutation(num_images)
-        indices.extend(order[offset : offset + batch_size - len(indices)])
-    return np.asarray(indices)
-
-
 def caption_choices(captions_per_image: np.ndarray, seed: int, step: int) -> np.ndarray:
     """Which of each image's captions batch `step` uses (one drawn per image per use)."""
     rng = np.random.default_rng([seed, step, 1])
@@ -144,6 +129,18 @@ def mirror_some(images: np.ndarray, seed: int, step: int) -> np.ndarray:
     """Flip about half of batch `step`'s images left to right (a pure function of seed and step)."""
     flip = np.random.default_rng([seed, step, 2]).random(len(images)) < 0.5
     return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def model_inputs(dataset: CaptionedImages, indices, seed: int, step: int) -> np.ndarray:
+    """The images of training batch `step` as a model takes them: pixels in [-1, 1] (float32), about half
+    of them mirrored where the dataset's captions allow it (`flip_ok`); a latent dataset's latents as
+    they are (a mirrored latent is not the latent of the mirrored image)."""
+    images = dataset.images[indices]
+    if dataset.latent:
+        return images
+    if dataset.flip_ok:
+        images = mirror_some(images, seed, step)
+    return to_model_range(images)
 
 
 def tokenize_dataset(dataset: CaptionedImages, tokenizer):

@@ -27,22 +27,20 @@ def cross_attention_layers(model) -> list[MultiHeadAttention]:
 
 def cross_attention_maps(model, images_uint8, token_ids, t: float = 0.5, seed: int = 0) -> dict[int, np.ndarray]:
     """For images (B, H, W, C) uint8 and their captions' ids (B, L): {grid side S: maps (B, S, S, L)}, how
-    much the positions of each S x S grid attend to each token, noised to level t (0 clean, 1 pure noise
-    for a flow; a diffusion model's t is its fraction of the forward process, as the samplers pass it)."""
+    much the positions of each S x S grid attend to each token, noised by the model's process to noise level
+    t (0 clean, 1 pure noise)."""
     layers = cross_attention_layers(model)
     if not layers:
         raise ValueError("this denoiser has no cross-attention layers to read maps from")
     x0 = to_model_range(jnp.asarray(images_uint8))
     eps = jax.random.normal(jax.random.key(seed), x0.shape)
-    if model.config.objective == "flow":  # the straight path (`minidiff.flows.interpolate`)
-        xt = (1 - t) * x0 + t * eps
-    else:  # the cosine schedule's alpha_bar at t, as the course's default schedule has it
-        alpha_bar = jnp.cos(0.5 * jnp.pi * t) ** 2
-        xt = jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1 - alpha_bar) * eps
+    alpha, sigma = (float(level) for level in model.config.process.alpha_sigma(t))
+    xt = alpha * x0 + sigma * eps
     for layer in layers:
         layer.keep_weights = True
     try:
-        forward = nnx.capture(lambda model, *inputs: model(*inputs), nnx.Intermediate)
+        forward = nnx.capture(lambda model, xt, t, ids: model.denoise(xt, t, model.encode_captions(ids)),
+                              nnx.Intermediate)
         _, kept = forward(model, xt, jnp.full((x0.shape[0],), t, jnp.float32), jnp.asarray(token_ids))
     finally:
         for layer in layers:

@@ -15,6 +15,7 @@ so only figures computed with the same N and the same feature network are
 comparable. KID is unbiased and is the better figure at small N.
 """
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,10 @@ from minidiff.corruption import to_model_range, to_uint8
 from minidiff.datasets import TOY, load_dataset, toy_dataset
 from minidiff.datasets.base import CaptionedImages
 from minidiff.evaluation.inception import inception_outputs
-from minidiff.evaluation.judge import Judge, features_and_predictions, label_agreement, load_judge, save_judge, train_judge
+from minidiff.evaluation.judge import (JUDGE_TRAINING, Judge, features_and_predictions, label_agreement, load_judge,
+                                      save_judge, train_judge)
 from minidiff.evaluation.metrics import frechet_distance_of, inception_score, kernel_distance
 from minidiff.generator import Generator
-from minidiff.sampling import function_evaluations
 
 # What a judge of flowers or birds learns from: every image the evaluation set does not hold, for more
 # steps than the embedded set's judge needs. Trained on the official train split alone (10 images per
@@ -52,9 +53,9 @@ def reference_set(name: str, image_size: int, num_images: int = 1000, data_dir=N
 
 
 def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_dir=None, progress: bool = True,
-              steps: int | None = None, **training) -> Judge:
+              steps: int | None = None) -> Judge:
     """The judge of a generator's images: the one at `path` (which must exist), else the one kept
-    beside the generator's checkpoint, trained (`train_judge(steps=..., **training)`, JUDGE_STEPS unless
+    beside the generator's checkpoint, trained (`train_judge`, for `steps`, JUDGE_STEPS unless
     given) and saved there if missing: on every image of flowers or birds outside the evaluation set
     (`JUDGE_SPLIT`), on the embedded set's train split."""
     if path is not None:
@@ -69,7 +70,7 @@ def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_di
     training_set = load_dataset(dataset_name, split, image_size=image_size, data_dir=data_dir)
     print(f"training a judge on {len(training_set)} images of {training_set.name} (once; kept at {path})")
     steps = steps or JUDGE_STEPS["embedded" if dataset_name in TOY else "real"]
-    judge = train_judge(training_set, progress=progress, steps=steps, **training)
+    judge = train_judge(training_set, dataclasses.replace(JUDGE_TRAINING, steps=steps), progress=progress)
     save_judge(judge, path)
     return judge
 
@@ -120,17 +121,16 @@ def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, 
              inception=None, progress: bool = True, **sampling) -> tuple[dict, np.ndarray]:
     """Generate num_samples images from the first caption of each reference image; (metrics, uint8 images).
 
-    `sampling`: `Generator.sample`'s settings (sampler, steps, guidance, seed, ...)."""
+    `sampling`: `Generator.sample`'s settings (sampler, sampling_steps, guidance, seed, ...)."""
     if num_samples > len(reference):
         raise ValueError(f"asked for {num_samples} samples but the reference set has only {len(reference)} images")
     if num_samples < 2:
         raise ValueError("need at least 2 samples to fit the statistics")
     captions = [options[0] for options in reference.captions[:num_samples]]
     images = to_uint8(generator.sample(captions, truncate=True, progress=progress, **sampling))
-    settings = Generator.settings(generator.objective, **sampling)
-    metrics = {"sampler": settings["sampler"], "steps": settings["steps"],
-               "nfe": function_evaluations(settings["sampler"], settings["steps"]), "guidance": settings["guidance"],
-               "num_samples": num_samples, "reference": reference.name}
+    settings = generator.sampler_settings(**{k: v for k, v in sampling.items() if k != "seed"})
+    metrics = {"sampler": settings.sampler, "sampling_steps": settings.sampling_steps, "nfe": settings.network_calls,
+               "guidance": settings.guidance, "num_samples": num_samples, "reference": reference.name}
     metrics |= judge_metrics(judge, images, reference)
     if inception is not None:
         metrics |= inception_metrics(inception, images, reference.images[:num_samples])
@@ -139,7 +139,7 @@ def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, 
 
 def sampler_sweep(generator: Generator, reference: CaptionedImages, judge: Judge, samplers, *,
                   num_samples: int = 256, progress: bool = True, **sampling) -> list[dict]:
-    """`evaluate` for each (sampler, steps) in `samplers`, with the same captions and the other settings:
-    one row each."""
+    """`evaluate` for each (sampler, sampling_steps) in `samplers`, with the same captions and the other
+    settings: one row each."""
     return [evaluate(generator, reference, judge, num_samples=num_samples, progress=progress, sampler=sampler,
-                     steps=steps, **sampling)[0] for sampler, steps in samplers]
+                     sampling_steps=steps, **sampling)[0] for sampler, steps in samplers]

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 from minidiff.corruption import to_model_range
-from minidiff.datasets.base import CaptionedImages, batch_indices, mirror_some
+from minidiff.datasets.base import CaptionedImages, model_inputs
+from minidiff.loop import Task, TrainConfig, batch_indices, new_run, train
 from minidiff.machinery.checkpoints import Checkpoint, save_checkpoint
 from minidiff.machinery.initialisation import initialised, shapes_only
 
@@ -104,41 +104,54 @@ def shifted(images, key, max_shift: int):
     return jax.vmap(crop)(padded, corners)
 
 
-@nnx.jit
-def _train_step(model, optimizer, images_uint8, labels, key, noise_std):
+def _training_loss(model: Judge, batch, constants, key, dtype):
+    """The classification loss on images shifted by a few pixels and grained with noise of random strength
+    (up to noise_std): a judge must not take where a flower sits, or a briefly trained generator's grain,
+    for what it is."""
+    images, labels = batch
+    (noise_std,) = constants
     noise_key, scale_key, shift_key = jax.random.split(key, 3)
-    images = shifted(to_model_range(images_uint8), shift_key, max(1, images_uint8.shape[1] // 16))
-    # Grain of random strength (up to noise_std); images are mirrored too where that keeps the labels true.
+    images = shifted(images, shift_key, max(1, images.shape[1] // 16))
     strength = jax.random.uniform(scale_key, (images.shape[0], 1, 1, 1)) * noise_std
     images = images + strength * jax.random.normal(noise_key, images.shape)
-    loss, grads = nnx.value_and_grad(classification_loss)(model, images, labels)
-    optimizer.update(model, grads)
-    return loss
+    return classification_loss(model, images.astype(dtype), labels), {}
 
 
-def train_judge(dataset: CaptionedImages, steps: int = 800, batch_size: int = 64, learning_rate: float = 2e-3,
-                noise_std: float = 0.15, seed: int = 0, progress: bool = True, **config_overrides) -> Judge:
-    """Train a judge on every label of `dataset` (its images and labels; captions are not used)."""
+class JudgeTraining(Task):
+    """The judge's part of a run (`minidiff.loop`): batches of images (mirrored where the dataset allows) and
+    their labels, and the loss above."""
 
+    kind = "judge run"
+    description = "training the judge"
+    loss = staticmethod(_training_loss)
+
+    def __init__(self, dataset: CaptionedImages, config: JudgeConfig, train_config: TrainConfig, noise_std: float):
+        self.dataset, self.train_config, self.noise_std = dataset, train_config, noise_std
+        self.labels = {name: dataset.labels[name] for name, _ in config.heads}
+
+    def batch(self, step: int) -> tuple:
+        seed = self.train_config.seed
+        index = batch_indices(len(self.dataset), self.train_config.batch_size, seed, step)
+        return model_inputs(self.dataset, index, seed, step), {name: v[index] for name, v in self.labels.items()}
+
+    def constants(self) -> tuple:
+        return (np.float32(self.noise_std),)
+
+
+# How a judge trains unless told otherwise: no moving average, a light weight decay.
+JUDGE_TRAINING = TrainConfig(steps=800, batch_size=64, learning_rate=2e-3, warmup=0.1, weight_decay=1e-4,
+                             ema_decay=0.0, checkpoint_every=0)
+
+
+def train_judge(dataset: CaptionedImages, train_config: TrainConfig = JUDGE_TRAINING, noise_std: float = 0.15,
+                progress: bool = True, **config_overrides) -> Judge:
+    """Train a judge on every label of `dataset` (its images and labels; captions are not used), in the one
+    loop (`minidiff.loop`)."""
     config = JudgeConfig.for_dataset(dataset, **config_overrides)
     if not config.heads:
         raise ValueError(f"{dataset.name} has no labels with two or more classes to train a judge on")
-    model = initialised(Judge, config, seed)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
-    key = jax.random.key(seed)
-    label_arrays = {name: dataset.labels[name] for name, _ in config.heads}
-    bar = tqdm(range(steps), desc="training the judge", disable=not progress)
-    for step in bar:
-        index = batch_indices(len(dataset), batch_size, seed, step)
-        images = dataset.images[index]
-        if dataset.flip_ok:
-            images = mirror_some(images, seed, step)
-        key, step_key = jax.random.split(key)
-        loss = _train_step(model, optimizer, jnp.asarray(images), {n: jnp.asarray(v[index]) for n, v in label_arrays.items()},
-                           step_key, jnp.float32(noise_std))
-        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
-    return model
+    run = new_run(initialised(Judge, config, train_config.seed), train_config)
+    return train(run, JudgeTraining(dataset, config, train_config, noise_std), progress=progress).model
 
 
 @nnx.jit
@@ -171,17 +184,13 @@ def label_agreement(predictions: dict[str, np.ndarray], labels: dict[str, np.nda
     return scores
 
 
-# The names a judge file keeps its config and arrays under (the file format judges were first saved in).
-_CONFIG_KEY, _ARRAYS = "classifier_config", "classifier"
-
-
 def save_judge(model: Judge, path) -> Path:
-    return save_checkpoint(path, {_CONFIG_KEY: dataclasses.asdict(model.config)}, **{_ARRAYS: model})
+    return save_checkpoint(path, {"kind": "judge", "judge_config": dataclasses.asdict(model.config)}, judge=model)
 
 
 def load_judge(path) -> Judge:
     checkpoint = Checkpoint(path)
-    (config,) = checkpoint.fields(_CONFIG_KEY, kind="judge")
+    (config,) = checkpoint.fields("judge_config", kind="judge")
     model = shapes_only(Judge, JudgeConfig.from_dict(config))
-    checkpoint.restore(_ARRAYS, model)
+    checkpoint.restore("judge", model)
     return model

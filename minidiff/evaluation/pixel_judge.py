@@ -164,6 +164,15 @@ def measure_pixel_adherence(generator, split: str = "test", num_images: int = 12
     return pixel_adherence(to_uint8(images), reference.labels, reference.label_names)
 
 
+def colour_adherence(scores: dict[str, float]) -> float:
+    """One figure of how often images show the colours their captions name: the mean of `pixel_adherence`'s
+    colour scores (petal, centre, body, wing, beak)."""
+    colours = [score for attribute, score in scores.items() if attribute.endswith("colour")]
+    if not colours:
+        raise ValueError(f"no colour among the scores {sorted(scores)}")
+    return float(np.mean(colours))
+
+
 def chance(attribute: str) -> float:
     """How often a guess would match, for a key of `pixel_adherence` ("flowers/petal_colour"): one in the
     number of values a caption can name."""

@@ -1,17 +1,20 @@
 """Checkpoints: every array in one .npz file, plus a JSON header. No pickle.
 
-A training run's checkpoint (`save_run`) holds the model's parameters, their
-EMA, the optimizer state, the step, the configs and the tokenizer's
-vocabulary — everything needed to sample, or to resume training exactly where
-it stopped. `np.load` with `allow_pickle=False` reads it without executing
-anything from the file.
+A training run's checkpoint (`minidiff.loop.save_run`) holds the model's
+parameters, their EMA, the optimizer state, the step, the configs and what
+the run's task records (a tokenizer's vocabulary, the recipe) — everything
+needed to sample, or to resume training exactly where it stopped. `np.load`
+with `allow_pickle=False` reads it without executing anything from the file.
+
+Every file records the format it was written in (`FORMAT_VERSION`); a file of
+another format is refused with one line saying so, rather than read by a
+branch kept for it.
 
 Writes are atomic: the file is written under a temporary name in the same
 folder and renamed over the old one only once complete, so a crash never
 leaves a half-written checkpoint behind.
 """
 
-import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -22,7 +25,8 @@ from flax import nnx
 
 from minidiff.machinery.atomic import atomic_write
 
-FORMAT_VERSION = 1
+# 2: the loop's runs (`minidiff.loop`), processes in the model's config, recipes.
+FORMAT_VERSION = 2
 
 
 class CheckpointError(Exception):
@@ -54,32 +58,6 @@ def save_checkpoint(path, header: dict, **modules) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def save_run(path, state) -> Path:
-    """Save a training run (a `minidiff.training.TrainState`): its model, EMA and optimizer, and a
-    header with its configs, tokenizer, step, time trained and losses."""
-    header = {
-        "step": state.step,
-        "trained_seconds": state.trained_seconds,
-        "model_config": state.model.config.to_dict(),
-        "train_config": dataclasses.asdict(state.config),
-        "tokenizer": state.tokenizer.to_dict(),
-        "losses": state.losses,
-    }
-    return save_checkpoint(path, header, model=state.model, ema=state.ema, optimizer=state.optimizer)
-
-
-def restore_run(path, state):
-    """Load what `save_run` saved into `state`, a new TrainState built with the run's configs (in place);
-    returns it."""
-    checkpoint = Checkpoint(path)
-    step, losses = checkpoint.fields("step", "losses", kind="training run")
-    for name in ("model", "ema", "optimizer"):
-        checkpoint.restore(name, getattr(state, name))
-    state.step, state.losses = int(step), [tuple(x) for x in losses]
-    state.trained_seconds = float(checkpoint.header.get("trained_seconds", 0.0))  # older runs did not count it
-    return state
-
-
 class Checkpoint:
     """An opened checkpoint: the header (a dict) and named arrays, read lazily."""
 
@@ -100,8 +78,8 @@ class Checkpoint:
             ) from error
         if self.header.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
-                f"{self.path} has checkpoint format {self.header.get('format_version')}, "
-                f"this minidiff reads format {FORMAT_VERSION}"
+                f"{self.path} was written in checkpoint format {self.header.get('format_version')}; this minidiff "
+                f"reads format {FORMAT_VERSION} only: train it again (minidiff train --recipe ...)"
             )
 
     def fields(self, *names: str, kind: str) -> list:

@@ -56,3 +56,7 @@ class CompiledStep:
     def sync(self):
         """Put the current arrays back into the modules."""
         nnx.update(self.modules, jax.tree.unflatten(self.treedef, self.arrays))
+
+    def reload(self):
+        """Take the modules' arrays again, after something other than the step changed them."""
+        self.arrays = jax.tree.leaves(nnx.state(self.modules))

@@ -90,6 +90,11 @@ def replicate(module: nnx.Module, mesh: Mesh) -> None:
     nnx.update(module, jax.device_put(nnx.state(module), everywhere))
 
 
+def replicated(arrays, mesh: Mesh):
+    """The arrays (any pytree) copied onto every device of the mesh."""
+    return jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
+
+
 def gather_on_one_device(module: nnx.Module) -> None:
     """Undo `replicate`: move every array of `module` onto this host's first device, in place.
 

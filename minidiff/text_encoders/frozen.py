@@ -5,7 +5,7 @@ pretrained (Saharia et al. 2022, sec. 2.1). Three things follow, each a
 function here:
 
 - the encoder's file: what `minidiff pretrain-text` writes (`save_text_encoder`)
-  and `minidiff train --text-encoder-file` reads into a new model
+  and a recipe's `model.text_encoder_file` reads into a new model
   (`with_pretrained_text_encoder`), with the tokenizer it was trained with;
 - the optimizer and the EMA leave it alone (`trainable`): the loss's gradient
   is not even computed for it, and its weights stay bit for bit as loaded;
@@ -32,38 +32,44 @@ KIND = "text encoder"
 def trainable(config) -> nnx.filterlib.Filter:
     """The parameters a run updates: all of them, or, under a frozen text encoder, all of the rest.
     `config` is the model's `ModelConfig`."""
-    if config.text.frozen:
+    if config.text_encoder_frozen:
         return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("text_encoder")))
     return nnx.Param
 
 
-def save_text_encoder(path, encoder: nnx.Module, tokenizer: Tokenizer, **about) -> Path:
-    """One .npz file (atomic, no pickle): the encoder's arrays, its config, its tokenizer and `about` (how
-    it was trained)."""
-    header = {"kind": KIND, "text_config": dataclasses.asdict(encoder.config), "tokenizer": tokenizer.to_dict(),
-              **about}
+def save_text_encoder(path, encoder: nnx.Module, kind: str, tokenizer: Tokenizer, **about) -> Path:
+    """One .npz file (atomic, no pickle): the encoder's arrays, its kind (one of TEXT_ENCODERS) and config,
+    its tokenizer and `about` (how it was trained)."""
+    header = {"kind": KIND, "text_encoder": kind, "text_config": dataclasses.asdict(encoder.config),
+              "tokenizer": tokenizer.to_dict(), **about}
     return save_checkpoint(path, header, text_encoder=encoder)
 
 
-def read_text_encoder_file(path) -> tuple[TextEncoderConfig, Tokenizer, Checkpoint]:
+@dataclasses.dataclass(frozen=True)
+class TextEncoderFile:
+    """What a pretrained encoder's file holds: its kind, its config, its tokenizer, and the file for its weights."""
+
+    kind: str
+    config: TextEncoderConfig
+    tokenizer: Tokenizer
+    checkpoint: Checkpoint
+
+
+def read_text_encoder_file(path) -> TextEncoderFile:
     if not Path(path).is_file():
         raise CheckpointError(f"no text encoder file at {path}; make one with minidiff pretrain-text --corpus ... "
-                              f"--out {path}")
+                              f"--out {Path(path).parent}")
     checkpoint = Checkpoint(path)
-    kind, text_config, tokenizer = checkpoint.fields("kind", "text_config", "tokenizer", kind=KIND)
+    (kind,) = checkpoint.fields("kind", kind=KIND)
     if kind != KIND:
         raise CheckpointError(f"{path} is a {kind} file, not a text encoder's: make one with minidiff pretrain-text")
-    return TextEncoderConfig(**text_config), Tokenizer.from_dict(tokenizer), checkpoint
+    encoder_kind, text_config, tokenizer = checkpoint.fields("text_encoder", "text_config", "tokenizer", kind=KIND)
+    return TextEncoderFile(encoder_kind, TextEncoderConfig(**text_config), Tokenizer.from_dict(tokenizer), checkpoint)
 
 
 def with_pretrained_text_encoder(model, checkpoint: Checkpoint) -> None:
     """Load a pretrained encoder's weights into `model.text_encoder` (in place)."""
     checkpoint.restore("text_encoder", model.text_encoder)
-
-
-def frozen_config(text_config: TextEncoderConfig) -> TextEncoderConfig:
-    """The config a text-to-image model holds for a pretrained encoder it will not update."""
-    return dataclasses.replace(text_config, frozen=True)
 
 
 @nnx.jit

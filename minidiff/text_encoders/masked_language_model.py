@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
-from minidiff.captions import BOS, PAD, SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
+from minidiff.captions import BOS, MASK, PAD, SPECIAL_TOKENS, TextEncoderConfig, Tokenizer
+from minidiff.loop import Task, TrainConfig, batch_indices, new_run, train
 from minidiff.text_encoders import TEXT_ENCODERS
 
 # Devlin et al. 2019, sec. 3.1: 15 % of the words are chosen to be predicted; of those, 80 % are
@@ -55,7 +55,7 @@ def read_corpus(*paths) -> list[str]:
     return sentences
 
 
-def mask_words(key, token_ids, vocab_size: int, mask_id: int):
+def mask_words(key, token_ids, vocab_size: int, mask_id: int = MASK):
     """BERT's corruption of token ids (B, L): returns the corrupted ids and which positions to predict (B, L).
 
     Only words are chosen, never padding or BOS."""
@@ -71,13 +71,14 @@ def mask_words(key, token_ids, vocab_size: int, mask_id: int):
 
 
 class MaskedLanguageModel(nnx.Module):
-    """An encoder with BERT's prediction head: token vectors -> logits over the vocabulary (B, L, V).
+    """An encoder of `kind` (one of TEXT_ENCODERS) with BERT's prediction head: token vectors -> logits over
+    the vocabulary (B, L, V).
 
     The head's output layer is the encoder's own word embedding, transposed (tied weights, as BERT's),
     so the pretraining shapes the very vectors the denoiser will read."""
 
-    def __init__(self, config: TextEncoderConfig, *, rngs: nnx.Rngs):
-        self.encoder = TEXT_ENCODERS[config.kind](config, rngs=rngs)
+    def __init__(self, config: TextEncoderConfig, kind: str, *, rngs: nnx.Rngs):
+        self.encoder = TEXT_ENCODERS[kind](config, rngs=rngs)
         self.transform = nnx.Linear(config.dim, config.dim, rngs=rngs)
         self.norm = nnx.LayerNorm(config.dim, rngs=rngs)
         self.output_bias = nnx.Param(jnp.zeros((config.vocab_size,)))
@@ -88,26 +89,40 @@ class MaskedLanguageModel(nnx.Module):
         return self.encoder.token_embedding.attend(h) + self.output_bias  # (B, L, V)
 
 
-def masked_word_loss(model: MaskedLanguageModel, token_ids, key, mask_id: int):
+def masked_word_loss(model: MaskedLanguageModel, token_ids, key):
     """Cross-entropy on the chosen positions only; also returns the fraction of them predicted right."""
-    corrupted, chosen = mask_words(key, token_ids, model.encoder.config.vocab_size, mask_id)
-    logits = model(corrupted)
+    corrupted, chosen = mask_words(key, token_ids, model.encoder.config.vocab_size)
+    logits = model(corrupted).astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, token_ids)
     count = jnp.maximum(jnp.sum(chosen), 1)
     accuracy = jnp.sum((jnp.argmax(logits, -1) == token_ids) & chosen) / count
     return jnp.sum(losses * chosen) / count, accuracy
 
 
-@nnx.jit(static_argnums=3)
-def _train_step(model, optimizer, token_ids, mask_id, key):
-    (loss, accuracy), grads = nnx.value_and_grad(masked_word_loss, has_aux=True)(model, token_ids, key, mask_id)
-    optimizer.update(model, grads)
-    return loss, accuracy
+def _training_loss(model, batch, constants, key, dtype):
+    (token_ids,) = batch
+    loss, accuracy = masked_word_loss(model, token_ids, key)
+    return loss, {"masked_words_right": accuracy}
 
 
-@nnx.jit(static_argnums=2)
-def _evaluate(model, token_ids, mask_id, key):
-    return masked_word_loss(model, token_ids, key, mask_id)
+class MaskedWordTraining(Task):
+    """Pretraining's part of the run (`minidiff.loop`): batches of sentences, and the loss above."""
+
+    kind = "masked language model run"
+    description = "pretraining the text encoder"
+    unit = "sentences"
+    loss = staticmethod(_training_loss)
+
+    def __init__(self, token_ids: np.ndarray, config: TrainConfig):
+        self.token_ids, self.config = token_ids, config
+
+    def batch(self, step: int) -> tuple:
+        return (self.token_ids[batch_indices(len(self.token_ids), self.config.batch_size, self.config.seed, step)],)
+
+
+@nnx.jit
+def _evaluate(model, token_ids, key):
+    return masked_word_loss(model, token_ids, key)
 
 
 @dataclasses.dataclass
@@ -122,35 +137,25 @@ class Pretraining:
     seconds: float
 
 
-def pretrain(sentences, config: TextEncoderConfig, tokenizer: Tokenizer, steps: int = 2000,
-             batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, validation_fraction: float = 0.02,
-             progress: bool = True) -> Pretraining:
-    """Train `config`'s encoder to fill in hidden words of `sentences` (a list of str)."""
-    if tokenizer.mask_id is None:
-        raise ValueError("this tokenizer has no <mask> token; build one with Tokenizer.from_captions")
+def pretrain(sentences, config: TextEncoderConfig, kind: str, tokenizer: Tokenizer, train_config: TrainConfig,
+             validation_fraction: float = 0.02, progress: bool = True) -> Pretraining:
+    """Train an encoder of `kind` and `config` to fill in hidden words of `sentences` (a list of str), with
+    the loop's settings `train_config` (no moving average is kept: the encoder is used as trained)."""
     if config.vocab_size != tokenizer.vocab_size or config.max_length != tokenizer.max_length:
         raise ValueError(f"the encoder reads {config.vocab_size} words and {config.max_length} tokens; the tokenizer "
                          f"has {tokenizer.vocab_size} and {tokenizer.max_length}")
-    rng = np.random.default_rng(seed)
-    ids = tokenizer.encode_batch(sentences, truncate=True)[rng.permutation(len(sentences))]  # (N, L)
+    if train_config.ema_decay:
+        raise ValueError("pretraining keeps no moving average of the encoder: give ema_decay=0")
+    seed = train_config.seed
+    ids = tokenizer.encode_batch(sentences, truncate=True)[np.random.default_rng(seed).permutation(len(sentences))]
     held_out = max(1, int(len(ids) * validation_fraction)) if len(ids) > 1 else 0
     validation, train_ids = ids[:held_out], ids[held_out:]
-    model = MaskedLanguageModel(config, rngs=nnx.Rngs(seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
-    key, losses, start = jax.random.key(seed), [], time.perf_counter()
-    bar = tqdm(range(steps), desc="pretraining the text encoder", unit="step", disable=not progress)
-    for step in bar:
-        batch = train_ids[rng.integers(0, len(train_ids), batch_size)]
-        loss, accuracy = _train_step(model, optimizer, jnp.asarray(batch), tokenizer.mask_id,
-                                     jax.random.fold_in(key, step))
-        if (step + 1) % 20 == 0 or step + 1 == steps:
-            losses.append((step + 1, float(loss)))
-            bar.set_postfix(loss=f"{float(loss):.3f}", masked_words_right=f"{float(accuracy):.0%}")
-    bar.close()
+    start = time.perf_counter()
+    run = new_run(MaskedLanguageModel(config, kind, rngs=nnx.Rngs(seed)), train_config)
+    run = train(run, MaskedWordTraining(train_ids, train_config), progress=progress)
     validation_accuracy = float("nan")
     if held_out:
-        _, accuracy = _evaluate(model, jnp.asarray(validation), tokenizer.mask_id, jax.random.key(seed + 1))
+        _, accuracy = _evaluate(run.model, jnp.asarray(validation), jax.random.key(seed + 1))
         validation_accuracy = float(accuracy)
-    return Pretraining(model.encoder, tokenizer, losses, validation_accuracy, len(sentences),
+    return Pretraining(run.model.encoder, tokenizer, run.losses, validation_accuracy, len(sentences),
                        time.perf_counter() - start)

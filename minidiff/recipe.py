@@ -1,0 +1,400 @@
+"""Recipes: every named setup is a small TOML file, read into the configs it fills.
+
+    minidiff recipes                                         # the named ones, one line each
+    minidiff train --recipe demo --minutes 1                 # one of them
+    minidiff train --recipe demo --set model.backbone=unet process.kind=diffusion   # any field changed
+    minidiff train --recipe my_recipe.toml                   # your own
+
+A recipe of a text-to-image model has five tables, each the fields of one
+config (as nanoGPT's `config/` files and big_vision's configs are), and a
+description:
+
+    [data]     DataSettings: which images, at what size
+    [model]    ModelSettings: the preset, the backbone and text encoder, an autoencoder or a
+               pretrained text encoder's file, an upscaler's input size, the caption dropout;
+               [model.denoiser]: the backbone preset's own settings replaced
+    [process]  kind = "diffusion" (`corruption.Diffusion`'s fields) or "flow" (`flows.StraightFlow`'s)
+    [train]    `loop.TrainConfig`
+    [sample]   `sampling.SamplerSettings`: what the run's sample grids and its checkpoint draw with
+
+A recipe of an autoencoder (`trains = "autoencoder"`, for `minidiff
+train-autoencoder`) has [data], [autoencoder] (AutoencoderSettings) and [train].
+
+A field a recipe leaves out keeps its config's default. A field that does not
+exist, or does not apply (a flow's `loss_weighting`, a DiT's
+`attention_resolutions`, the embedded set's `num_images` for flowers), is an
+error that names it, never ignored. A [smoke] table holds what the chapters'
+smoke mode (MINIDIFF_SMOKE=1) changes, in the same tables.
+
+`prepare` turns a recipe into what a run needs: its dataset (latents, for a
+latent model), its tokenizer and its model's config; `train_recipe` trains it.
+"""
+
+import copy
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from minidiff.autoencoder import FACTORS, Autoencoder, AutoencoderConfig, autoencoder_preset, load_autoencoder
+from minidiff.captions import SPECIAL_TOKENS, Tokenizer
+from minidiff.datasets import DATASETS, TOY, CaptionedImages, load_dataset
+from minidiff.datasets.splits import SPLITS as REAL_SPLITS
+from minidiff.datasets.toy import SPLITS as TOY_SPLITS
+from minidiff.generator import Generator
+from minidiff.latents import autoencoder_identity, latent_dataset
+from minidiff.loop import Run, TrainConfig
+from minidiff.machinery.checkpoints import Checkpoint
+from minidiff.model import BACKBONES, PRESETS, PROCESSES, ModelConfig, Process, preset
+from minidiff.sampling import SamplerSettings
+from minidiff.text_encoders import TEXT_ENCODERS
+from minidiff.text_encoders.frozen import read_text_encoder_file
+from minidiff.training import start_run, train
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    dataset: str = "toy"  # one of datasets.DATASETS
+    split: str = "train"  # of flowers and birds: one of datasets.splits.SPLITS; of the embedded set: of toy.SPLITS
+    image_size: int = 32
+    num_images: int | None = None  # the embedded set's size (None: load_dataset's); for it alone
+    seed: int | None = None  # the embedded set's seed (None: load_dataset's); for it alone
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        splits = TOY_SPLITS if self.dataset in TOY else ("all",) if self.dataset == "folder" else REAL_SPLITS
+        if self.split not in splits:
+            raise ValueError(f"data.split of {self.dataset} must be one of {splits}, got {self.split!r}")
+        if self.dataset not in TOY:
+            given = [name for name in ("num_images", "seed") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"data.{given[0]} is the embedded set's: {self.dataset} has its own images")
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"data.image_size must be a whole number of pixels, got {self.image_size!r}")
+
+    def load(self, data_dir=None, use_cache: bool = True, download: bool = False) -> CaptionedImages:
+        embedded = {name: getattr(self, name) for name in ("num_images", "seed") if getattr(self, name) is not None}
+        return load_dataset(self.dataset, self.split, image_size=self.image_size, data_dir=data_dir,
+                            use_cache=use_cache, download=download, **embedded)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    preset: str = "small"  # one of model.PRESETS
+    backbone: str = "unet"  # one of model.BACKBONES
+    # One of TEXT_ENCODERS, trained with the denoiser (None: a transformer, or the kind of text_encoder_file).
+    text_encoder: str | None = None
+    # A text encoder pretrained on text alone (`minidiff pretrain-text`'s file): the model reads captions with
+    # it, frozen, and with its words.
+    text_encoder_file: str = ""
+    autoencoder: str = ""  # a latent model: the file of the autoencoder whose latents it diffuses
+    upscale_from: int = 0  # an upscaler: the side of the low-resolution images it is shown
+    caption_dropout: float = 0.1
+    denoiser: dict = dataclasses.field(default_factory=dict)  # the backbone preset's settings replaced
+
+    def __post_init__(self):
+        for name, options in (("preset", PRESETS), ("backbone", tuple(BACKBONES)),
+                              ("text_encoder", (None, *TEXT_ENCODERS))):
+            if getattr(self, name) not in options:
+                raise ValueError(f"model.{name} must be one of {options}, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    data: DataSettings
+    model: ModelSettings
+    process: Process
+    train: TrainConfig
+    sample: SamplerSettings
+
+    def to_dict(self) -> dict:
+        """The recipe as a checkpoint records it; `Recipe.from_dict` reads it back."""
+        return {"name": self.name, "description": self.description, "data": dataclasses.asdict(self.data),
+                "model": dataclasses.asdict(self.model),
+                "process": {"kind": self.process.kind, **dataclasses.asdict(self.process)},
+                "train": dataclasses.asdict(self.train), "sample": dataclasses.asdict(self.sample)}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Recipe":
+        saved = copy.deepcopy(saved)
+        return _build(saved.pop("name"), saved.pop("description"), "text-to-image", saved)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderSettings:
+    factor: int = 4  # one of autoencoder.FACTORS: how many times smaller the latent is on each side
+    latent_channels: int = 4
+    kl_weight: float = 1e-6
+    widths: tuple[int, ...] | None = None  # None: the factor's own (`autoencoder_preset`)
+
+    def __post_init__(self):
+        if self.factor not in FACTORS:
+            raise ValueError(f"autoencoder.factor must be one of {FACTORS}, got {self.factor!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderRecipe:
+    name: str
+    description: str
+    data: DataSettings
+    autoencoder: AutoencoderSettings
+    train: TrainConfig
+
+    def model_config(self) -> AutoencoderConfig:
+        settings = self.autoencoder
+        widths = {"widths": settings.widths} if settings.widths is not None else {}
+        return autoencoder_preset(settings.factor, self.data.image_size, latent_channels=settings.latent_channels,
+                                  kl_weight=settings.kl_weight, **widths)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "data": dataclasses.asdict(self.data),
+                "autoencoder": dataclasses.asdict(self.autoencoder), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "AutoencoderRecipe":
+        saved = copy.deepcopy(saved)
+        return _build(saved.pop("name"), saved.pop("description"), "autoencoder", saved)
+
+
+# The tables of each kind of recipe file and the config each fills (the process's depends on its kind).
+SECTIONS = {
+    "text-to-image": {"data": DataSettings, "model": ModelSettings, "process": None, "train": TrainConfig,
+                      "sample": SamplerSettings},
+    "autoencoder": {"data": DataSettings, "autoencoder": AutoencoderSettings, "train": TrainConfig},
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be read: a missing file, a field that does not exist or does not apply."""
+
+
+def recipe_names() -> list[str]:
+    return sorted(path.stem for path in RECIPES.glob("*.toml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The file of a named recipe (`minidiff/recipes/NAME.toml`), or a path to a .toml file of your own."""
+    path = Path(name) if name.endswith(".toml") else RECIPES / f"{name}.toml"
+    if not path.is_file():
+        raise RecipeError(f"no recipe {name!r}: choose one of {', '.join(recipe_names())} (minidiff recipes lists "
+                          "them), or give the path of a .toml file")
+    return path
+
+
+def describe_recipes() -> list[str]:
+    """One line per named recipe: its name, what it trains, and its description."""
+    width = max(map(len, recipe_names()))
+    lines = []
+    for name in recipe_names():
+        tables = tomllib.loads(recipe_path(name).read_text())
+        lines.append(f"{name:{width}s}  {tables.get('trains', 'text-to-image'):13s}  {tables['description']}")
+    return lines
+
+
+def parse_value(text: str):
+    """A value as written after `--set FIELD=`: TOML (2e-3, [8, 4], true, "a b"), else the text itself
+    (unet, flow)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_recipe(name: str, overrides: dict | None = None, smoke: bool = False,
+                trains: str = "text-to-image") -> Recipe | AutoencoderRecipe:
+    """The recipe `name` (or a .toml path) of what `trains` (a text-to-image model, or an autoencoder), with
+    its [smoke] table applied if `smoke`, then `overrides`:
+    {"train.batch_size": 16, "model.denoiser.attention_resolutions": [8, 4], ...}."""
+    path = recipe_path(name)
+    try:
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path} is not valid TOML: {error}") from None
+    description = tables.pop("description", "")
+    smoke_tables = tables.pop("smoke", {})
+    if tables.pop("trains", "text-to-image") != trains:
+        command = "minidiff train-autoencoder" if trains == "text-to-image" else "minidiff train"
+        raise RecipeError(f"the recipe {name} trains {'an autoencoder' if trains == 'text-to-image' else 'a text-to-image model'}: "
+                          f"run it with {command}")
+    sections = SECTIONS[trains]
+    _check_tables(tables, sections, f"{path}")
+    if smoke:
+        _check_tables(smoke_tables, sections, f"{path}'s [smoke]")
+        for section, fields in smoke_tables.items():
+            tables.setdefault(section, {}).update(copy.deepcopy(fields))
+    for key, value in (overrides or {}).items():
+        _set(tables, sections, key, value)
+    return _build(Path(name).stem, description, trains, tables)
+
+
+def _check_tables(tables: dict, sections: dict, where: str) -> None:
+    unknown = set(tables) - set(sections)
+    if unknown:
+        raise RecipeError(f"{where} has no table [{sorted(unknown)[0]}]: this recipe's tables are "
+                          f"{', '.join(f'[{s}]' for s in sections)}")
+
+
+def _set(tables: dict, sections: dict, key: str, value) -> None:
+    section, _, field = key.partition(".")
+    if section not in sections or not field:
+        raise RecipeError(f"{key!r} names no recipe field: give TABLE.FIELD, TABLE one of {', '.join(sections)} "
+                          "(e.g. train.batch_size=16)")
+    if section == "model" and field.startswith("denoiser."):
+        tables.setdefault("model", {}).setdefault("denoiser", {})[field.removeprefix("denoiser.")] = value
+    else:
+        tables.setdefault(section, {})[field] = value
+
+
+def _build(name: str, description: str, trains: str, tables: dict) -> Recipe | AutoencoderRecipe:
+    sections = {section: config for section, config in SECTIONS[trains].items() if config is not None}
+    built = {section: _config(config, tables.get(section, {}), section) for section, config in sections.items()}
+    if trains == "autoencoder":
+        return AutoencoderRecipe(name=name, description=description, **built)
+    process = dict(tables.get("process", {}))
+    kind = process.pop("kind", "diffusion")
+    if kind not in PROCESSES:
+        raise RecipeError(f"process.kind must be one of {tuple(PROCESSES)}, got {kind!r}")
+    built["process"] = _config(PROCESSES[kind], process, "process", f"a {kind} process")
+    return Recipe(name=name, description=description, **built)
+
+
+def _config(config_class, fields: dict, section: str, what: str | None = None):
+    """`config_class(**fields)`, each value checked against its field's type; a clear error otherwise.
+    `what` names the config where a table's fields depend on its kind (the process's)."""
+    hints = typing.get_type_hints(config_class)
+    known = [f.name for f in dataclasses.fields(config_class)]
+    values = {}
+    for name, value in fields.items():
+        if name not in known:
+            has = f"{what} has" if what else f"[{section}] has"
+            raise RecipeError(f"{section}.{name} is not a setting {'of ' + what if what else 'here'}; {has} "
+                              f"{', '.join(['kind'] * bool(what) + known)}")
+        values[name] = _typed(value, hints[name], f"{section}.{name}")
+    try:
+        return config_class(**values)
+    except ValueError as error:
+        raise RecipeError(f"[{section}]: {error}") from None
+
+
+def _typed(value, hint, where: str):
+    """`value` as the type `hint` wants: a whole number where a float is asked, a list where a tuple."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if value is None and option is type(None):
+            return None
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is tuple and isinstance(value, list):
+            return tuple(value)
+        if isinstance(origin, type) and isinstance(value, origin) and not (origin is int and isinstance(value, bool)):
+            return value
+    raise RecipeError(f"{where} must be {' or '.join(getattr(o, '__name__', str(o)) for o in options)}, "
+                      f"got {value!r}")
+
+
+# --- From a recipe to a run ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What a run of a recipe trains: its dataset (latents, for a latent model), the images themselves, the
+    tokenizer, the model's config, and the parts it loads from files."""
+
+    recipe: Recipe
+    dataset: CaptionedImages
+    images: CaptionedImages
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    autoencoder: Autoencoder | None = None
+    text_encoder: Checkpoint | None = None  # a pretrained encoder's weights
+
+
+def model_config(recipe: Recipe, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None) -> ModelConfig:
+    """The model `recipe` asks for, reading `tokenizer`'s words; a latent model works on `autoencoder`'s latents."""
+    settings = recipe.model
+    denoiser = {name: tuple(value) if isinstance(value, list) else value for name, value in settings.denoiser.items()}
+    size, channels, latent = recipe.data.image_size, 3, {}
+    if settings.autoencoder:
+        if autoencoder is None:
+            raise ValueError("a latent model's config needs its autoencoder")
+        if size != autoencoder.config.image_size:
+            raise ValueError(f"the autoencoder {settings.autoencoder} encodes {autoencoder.config.image_size} px "
+                             f"images: set data.image_size = {autoencoder.config.image_size}")
+        size, _, channels = autoencoder.config.latent_shape
+        file, sha256 = autoencoder_identity(settings.autoencoder)
+        latent = {"autoencoder_sha256": sha256, "autoencoder_file": file}
+    kind, text = settings.text_encoder or "transformer", {}
+    if settings.text_encoder_file:
+        pretrained = read_text_encoder_file(settings.text_encoder_file)
+        if settings.text_encoder not in (None, pretrained.kind):
+            raise ValueError(f"model.text_encoder_file holds a {pretrained.kind} encoder, not a "
+                             f"{settings.text_encoder}: drop model.text_encoder")
+        denoiser["caption_dim"], kind = pretrained.config.dim, pretrained.kind
+        text = {"text": pretrained.config, "text_encoder_frozen": True}
+    config = preset(settings.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
+                    backbone=settings.backbone, process=recipe.process, text_encoder=kind,
+                    upscale_from=settings.upscale_from, channels=channels, **denoiser)
+    return dataclasses.replace(config, caption_dropout=settings.caption_dropout, **latent, **text)
+
+
+def check(recipe: Recipe) -> None:
+    """Everything about `recipe` that can be checked before its data is loaded: its model's config (with the
+    special tokens for a vocabulary) and the files it names."""
+    autoencoder = load_autoencoder(recipe.model.autoencoder) if recipe.model.autoencoder else None
+    model_config(recipe, Tokenizer(SPECIAL_TOKENS), autoencoder)
+
+
+def prepare(recipe: Recipe, data_dir=None, use_cache: bool = True, download: bool = False,
+            progress: bool = True) -> Prepared:
+    """Load what a run of `recipe` trains on, and make its model's config: the images (encoded into latents
+    once, and cached, for a latent model), and a tokenizer of their captions' words (or a pretrained text
+    encoder's own)."""
+    autoencoder = load_autoencoder(recipe.model.autoencoder) if recipe.model.autoencoder else None
+    images = recipe.data.load(data_dir, use_cache=use_cache, download=download)
+    dataset = images
+    if autoencoder is not None:
+        sha256 = autoencoder_identity(recipe.model.autoencoder)[1]
+        dataset = latent_dataset(images, autoencoder, sha256, progress=progress)
+    text_encoder = None
+    if recipe.model.text_encoder_file:  # its words are those of the corpus it was pretrained on
+        pretrained = read_text_encoder_file(recipe.model.text_encoder_file)
+        tokenizer, text_encoder = pretrained.tokenizer, pretrained.checkpoint
+    else:
+        tokenizer = Tokenizer.from_captions(images.all_captions())
+    return Prepared(recipe, dataset, images, tokenizer, model_config(recipe, tokenizer, autoencoder), autoencoder,
+                    text_encoder)
+
+
+@dataclasses.dataclass
+class Trained:
+    """A run of a recipe, and what it trained on."""
+
+    run: Run
+    prepared: Prepared
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.prepared.recipe
+
+    @property
+    def generator(self) -> Generator:
+        """The model trained so far (its EMA weights), sampling with the recipe's settings."""
+        prepared = self.prepared
+        return Generator.from_training(self.run, prepared.tokenizer, self.recipe.sample, prepared.autoencoder)
+
+
+def train_recipe(recipe: Recipe, checkpoint=None, progress: bool = True, data_dir=None, **training) -> Trained:
+    """A new model trained as `recipe` says (`training.train`'s `on_report` and `mesh` may be given); with
+    `checkpoint`, saved there as it trains, with the recipe."""
+    prepared = prepare(recipe, data_dir, progress=progress)
+    run = start_run(prepared.model_config, recipe.train, prepared.text_encoder)
+    train(run, prepared.dataset, prepared.tokenizer, checkpoint=checkpoint, progress=progress,
+          recipe=recipe.to_dict(), **training)
+    return Trained(run, prepared)
