@@ -3,6 +3,11 @@
     python benchmarks/autoencoder_quality.py --autoencoder runs/ae4/autoencoder.npz runs/ae8/autoencoder.npz \
         --dataset flowers birds --data-dir ../shared/data
 
+with autoencoders trained by `minidiff train-autoencoder`, e.g.
+
+    minidiff train-autoencoder --set data.dataset=flowers data.split=all_but_eval autoencoder.factor=8 \
+        --minutes 8 --out runs/ae8 --data-dir ../shared/data
+
 For each autoencoder and dataset, the held-out images (flowers' and birds'
 eval split; the embedded set's test split) are encoded and decoded, and the
 reconstructions compared with the originals: PSNR (pixel by pixel), and the
@@ -33,6 +38,8 @@ def main():
     parser.add_argument("--dataset", nargs="+", default=["toy"])
     parser.add_argument("--data-dir")
     parser.add_argument("--judges", default="runs/judges", help="where judges are kept (trained if missing)")
+    parser.add_argument("--judge-steps", type=int, help="training steps of a new judge (default: minidiff "
+                        "evaluate's: 800 for the embedded set, 2000 for flowers and birds)")
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--out", default="autoencoder_quality.json")
     args = parser.parse_args()
@@ -46,7 +53,8 @@ def main():
         for dataset in args.dataset:
             reference = reference_set(dataset, config.image_size, num_images=args.num_images, data_dir=args.data_dir)
             # Kept in --judges (judge_for keeps a judge beside the checkpoint it judges).
-            judge = judge_for(Path(args.judges) / "autoencoders", dataset, config.image_size, data_dir=args.data_dir)
+            judge = judge_for(Path(args.judges) / "autoencoders", dataset, config.image_size, data_dir=args.data_dir,
+                              steps=args.judge_steps)
             rebuilt = to_uint8(decode_latents(autoencoder, encode_images(autoencoder, reference.images)))
             real_features, predicted = features_and_predictions(judge, reference.images)
             features, _ = features_and_predictions(judge, rebuilt)

@@ -4,18 +4,21 @@ model at full size.
     python benchmarks/cascade_race.py                                  # the embedded set and flowers, 10 minutes
     python benchmarks/cascade_race.py --dataset toy --minutes 4 --keep runs/race
 
-For each dataset, three `minidiff train` runs, one after the other (they share
-the CPU: never time two at once):
+For each dataset, three `minidiff train --recipe toy --set ...` runs, one after
+the other (they share the CPU: never time two at once):
   - the cascade's base model at --low-res px, for --base-share of the budget;
-  - its upscaler from --low-res to --image-size px, for the rest;
+  - its upscaler (model.upscale_from) from --low-res to --image-size px, for the rest;
   - a direct model at --image-size px, for the whole budget.
-All are U-Nets of one preset trained with diffusion; each model attends at its
-lowest level, as the demo's U-Net does. Then both are measured by `minidiff
-evaluate` on the same held-out captions with one judge per dataset (Fréchet
-distance and KID in its features, and how often it recognises what the
-caption names), and, on the embedded set, by `minidiff adherence` (the pixel
-judge, every attribute, seen and held-out pairs). Prints a table and writes
-the figures to --out as JSON.
+All are the tiny U-Net trained with diffusion (SETTINGS: batches of 32,
+learning rate 3e-3, no sample grids), sampling with the toy recipe's DDIM, 50
+steps, guidance 3; each model attends at its lowest level, as the demo-unet
+recipe's U-Net does. On the embedded set at 32 and 64 px these are chapter 08's
+recipes cascade-base, cascade-upscaler and cascade-direct. Then both are
+measured by `minidiff evaluate` on the same held-out captions with one judge
+per dataset (Fréchet distance and KID in its features, and how often it
+recognises what the caption names), and, on the embedded set, by `minidiff
+adherence` (the pixel judge, every attribute, seen and held-out pairs). Prints
+a table and writes the figures to --out as JSON.
 """
 
 import argparse
@@ -26,7 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPE = "--preset tiny --batch-size 32 --learning-rate 3e-3 --quiet --sample-every 0"
+# What every model of the race changes in the toy recipe (minidiff/recipes/toy.toml: a U-Net trained with
+# diffusion, DDIM with 50 steps and guidance 3), as `--set` takes them.
+SETTINGS = "model.preset=tiny train.batch_size=32 train.learning_rate=3e-3 train.report_every=0"
 
 
 def minidiff(*arguments) -> str:
@@ -40,21 +45,25 @@ def minidiff(*arguments) -> str:
 
 def train(out: Path, dataset: str, size: int, minutes: float, extra: str = "") -> None:
     # Attention at the lowest level: the image side over the patch size (2), halved once (two levels).
-    minidiff("train", "--dataset", dataset, "--image-size", size, "--minutes", minutes, "--out", out,
-             "--attention-at", size // 4, *shlex.split(RECIPE), *shlex.split(extra))
+    minidiff("train", "--recipe", "toy", "--minutes", minutes, "--out", out, "--quiet", "--set",
+             *shlex.split(SETTINGS), f"data.dataset={dataset}", f"data.image_size={size}",
+             f"model.denoiser.attention_resolutions=[{size // 4}]", *shlex.split(extra))
 
 
-def measure(checkpoint: Path, upscalers: list[Path], dataset: str, judge: Path, num_samples: int, out: Path) -> dict:
-    """`minidiff evaluate` (and on the embedded set `minidiff adherence`) of a model or a cascade."""
+def measure(checkpoint: Path, upscalers: list[Path], dataset: str, judge: Path, num_samples: int, out: Path,
+            judge_steps: int | None = None) -> dict:
+    """`minidiff evaluate` (and on the embedded set `minidiff adherence`) of a model or a cascade; both write
+    into the folder `out`."""
     cascade = [argument for path in upscalers for argument in ("--upscaler", path)]
+    new_judge = ["--judge-steps", judge_steps] if judge_steps else []
     minidiff("evaluate", "--checkpoint", checkpoint, *cascade, "--dataset", dataset, "--num-samples", num_samples,
-             "--out", out, "--quiet", *(["--judge", judge] if judge.is_file() else []))
+             "--out", out, "--quiet", *(["--judge", judge] if judge.is_file() else new_judge))
     if not judge.is_file():  # trained beside the first checkpoint: every later run is measured by the same one
         judge.write_bytes(next(checkpoint.parent.glob("judge-*.npz")).read_bytes())
     metrics = json.loads((out / "metrics.json").read_text())
     if dataset == "toy":
         minidiff("adherence", "--checkpoint", checkpoint, *cascade, "--guidance", 3, "--num-images", num_samples,
-                 "--out", out / "adherence.json")
+                 "--out", out)
         metrics["pixel_adherence"] = json.loads((out / "adherence.json").read_text())
     return metrics
 
@@ -76,6 +85,8 @@ def main():
     parser.add_argument("--low-res", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--judge-steps", type=int, help="training steps of each dataset's judge (default: "
+                        "minidiff evaluate's)")
     parser.add_argument("--keep", help="keep the runs in this folder (default: a temporary one)")
     parser.add_argument("--out", default="cascade_race.json")
     args = parser.parse_args()
@@ -87,14 +98,14 @@ def main():
             base_minutes = args.minutes * args.base_share
             train(here / "base", dataset, args.low_res, base_minutes)
             train(here / "upscaler", dataset, args.image_size, args.minutes - base_minutes,
-                  f"--upscale-from {args.low_res}")
+                  f"model.upscale_from={args.low_res}")
             train(here / "direct", dataset, args.image_size, args.minutes)
             judge = here / "judge.npz"
             results[dataset] = {
                 "direct": measure(here / "direct" / "checkpoint.npz", [], dataset, judge, args.num_samples,
-                                  here / "direct" / "evaluation"),
+                                  here / "direct" / "evaluation", args.judge_steps),
                 "cascade": measure(here / "base" / "checkpoint.npz", [here / "upscaler" / "checkpoint.npz"], dataset,
-                                   judge, args.num_samples, here / "base" / "evaluation"),
+                                   judge, args.num_samples, here / "base" / "evaluation", args.judge_steps),
             }
             print(f"\n{dataset}, {args.minutes:g} minutes each ({base_minutes:g} + {args.minutes - base_minutes:g} for "
                   "the cascade)\n| model | judge FD | judge KID | class/attributes recognised | judge on real | "

@@ -1,12 +1,13 @@
 """The demo's recipe race: `minidiff demo` with each recipe in turn, on the same budgets, graded alike.
 
-    python benchmarks/demo_race.py                      # every recipe below, 5 minutes each
-    python benchmarks/demo_race.py --minutes 2 --recipe "--batch-size 32" --recipe "--preset tiny"
-    python benchmarks/demo_race.py --minutes 2 5 10 --backbones-and-objectives --fd 256 --plot race.png
+    python benchmarks/demo_race.py                      # every variant below, 5 minutes each
+    python benchmarks/demo_race.py --minutes 2 --variant "train.batch_size=64" --variant "model.preset=small"
+    python benchmarks/demo_race.py --minutes 2 5 10 --backbones-and-processes --fd 256 --plot race.png
 
-Each recipe is a whole `minidiff demo` run in its own process (extra demo
-options; the empty recipe is the demo as shipped), one after the other: time
-one at a time, never two at once, as they share the CPU. Prints one row per
+Each variant is a whole `minidiff demo` run in its own process, its recipe
+changed by `--set` with the variant's fields (the empty variant is the demo as
+shipped), one after the other: time one at a time, never two at once, as they
+share the CPU. Prints one row per
 recipe and budget as it finishes: steps reached, the demo's wall time, and what
 the demo's self-grading printed (seen pairs, then in brackets pairs never
 seen), and writes them all to --out as JSON. With --fd N, each run is also
@@ -25,27 +26,35 @@ import tempfile
 import time
 from pathlib import Path
 
-# Options on top of the demo's own recipe (`cli.DEMO_RECIPE`). RECIPES race U-Nets trained with diffusion (the
-# demo's model before DiTs and flows); the small model's rows set all four of its settings.
-UNET = "--backbone unet --objective diffusion"
-SMALL = f"{UNET} --preset small --attention-at 4"  # the small U-Net as its preset has it
-RECIPES = [UNET,  # the former demo
-           f"{SMALL} --batch-size 64 --learning-rate 1e-3", f"{SMALL} --batch-size 64 --learning-rate 2e-3",
-           f"{SMALL} --batch-size 32 --learning-rate 1e-3", f"{UNET} --preset small --attention-at 8 4 --batch-size 64 "
-           "--learning-rate 1e-3", f"{SMALL} --batch-size 32 --learning-rate 2e-3",
-           f"{SMALL} --batch-size 16 --learning-rate 2e-3", f"{UNET} --batch-size 16", f"{UNET} --seed 1"]
-# {U-Net, DiT} x {diffusion, flow}, each with the demo's recipe (a DiT ignores its attention levels).
-BACKBONES_AND_OBJECTIVES = [f"--backbone {backbone} --objective {objective}"
-                            for backbone in ("unet", "dit") for objective in ("diffusion", "flow")]
+from minidiff.evaluation.pixel_judge import colour_adherence
+
+# Fields of the demo's recipe (minidiff/recipes/demo.toml) changed, as `--set` takes them. VARIANTS race
+# U-Nets trained with diffusion (the demo's model before DiTs and flows: the demo-unet recipe, whose tiny
+# U-Net attends at 8x8 too); the small model's rows set all of its settings.
+UNET = "model.backbone=unet process.kind=diffusion model.denoiser.attention_resolutions=[8]"
+SMALL = "model.backbone=unet process.kind=diffusion model.preset=small model.denoiser.attention_resolutions=[4]"
+VARIANTS = [UNET,  # the former demo
+            f"{SMALL} train.batch_size=64 train.learning_rate=1e-3",
+            f"{SMALL} train.batch_size=64 train.learning_rate=2e-3",
+            f"{SMALL} train.batch_size=32 train.learning_rate=1e-3",
+            f"{SMALL.replace('[4]', '[8,4]')} train.batch_size=64 train.learning_rate=1e-3",
+            f"{SMALL} train.batch_size=32 train.learning_rate=2e-3",
+            f"{SMALL} train.batch_size=16 train.learning_rate=2e-3",
+            f"{UNET} train.batch_size=16", f"{UNET} train.seed=1"]
+# {U-Net, DiT} x {diffusion, flow}, each with the demo's recipe (the U-Net attending at 8x8 too, as demo-unet).
+BACKBONES_AND_PROCESSES = [f"model.backbone={backbone} process.kind={kind}"
+                           + (" model.denoiser.attention_resolutions=[8]" if backbone == "unet" else "")
+                           for backbone in ("unet", "dit") for kind in ("diffusion", "flow")]
 GRADE = re.compile(r"^\s+(.+?): (\d+) % of images match their caption(?:, (\d+) % for pairs never seen)?")
 COLUMNS = ["petal colour", "centre colour", "body colour", "wing colour", "beak colour", "bird facing"]
 COLOURS = [c for c in COLUMNS if c.endswith("colour")]
 
 
-def run_demo(recipe: str, minutes: float, out: Path) -> dict:
+def run_demo(variant: str, minutes: float, out: Path) -> dict:
     """One demo run; its steps, wall time and grades ({attribute: (seen, never seen)}, in %)."""
+    fields = shlex.split(variant)
     command = [sys.executable, "-m", "minidiff.command.cli", "demo", "--minutes", str(minutes), "--quiet",
-               "--out", str(out), *shlex.split(recipe)]
+               "--out", str(out), *(["--set", *fields] if fields else [])]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -53,7 +62,7 @@ def run_demo(recipe: str, minutes: float, out: Path) -> dict:
     steps = int(re.search(r"trained (\d+) steps", result.stdout).group(1))
     grades = {m.group(1): (int(m.group(2)), m.group(3) and int(m.group(3)))
               for m in map(GRADE.match, result.stdout.splitlines()) if m}
-    return {"recipe": recipe or "(the demo)", "minutes": minutes, "steps": steps,
+    return {"variant": variant or "(the demo)", "minutes": minutes, "steps": steps,
             "seconds": time.perf_counter() - start, "grades": grades}
 
 
@@ -75,13 +84,14 @@ def row(result: dict) -> str:
     cells = [f"{seen} % ({never} %)" if never is not None else f"{seen} %"
              for seen, never in (result["grades"][c] for c in COLUMNS)]
     fd = f" {result['judge_fd']:.1f} |" if "judge_fd" in result else ""
-    return (f"| {result['recipe']} | {result['minutes']:g} | {result['steps']} | {result['seconds']:.0f} s | "
+    return (f"| {result['variant']} | {result['minutes']:g} | {result['steps']} | {result['seconds']:.0f} s | "
             + " | ".join(cells) + " |" + fd)
 
 
 def held_out_colours(result: dict) -> float:
-    """The mean adherence of the colour attributes on pairs never seen in training, in %."""
-    return sum(result["grades"][c][1] for c in COLOURS) / len(COLOURS)
+    """The colour adherence (`pixel_judge.colour_adherence`) on pairs never seen in training, in %."""
+    never_seen = {f"grade/{name.replace(' ', '_')}": result["grades"][name][1] / 100 for name in COLOURS}
+    return 100 * colour_adherence(never_seen)
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -94,9 +104,9 @@ def plot(results: list[dict], path: str) -> None:
         panels.append(("judge Fréchet distance (lower is better)", lambda r: r["judge_fd"]))
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (label, value) in zip(axes[0], panels):
-        for recipe in dict.fromkeys(r["recipe"] for r in results):
-            mine = sorted((r for r in results if r["recipe"] == recipe), key=lambda r: r["minutes"])
-            ax.plot([r["minutes"] for r in mine], [value(r) for r in mine], marker="o", label=recipe)
+        for variant in dict.fromkeys(r["variant"] for r in results):
+            mine = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["minutes"])
+            ax.plot([r["minutes"] for r in mine], [value(r) for r in mine], marker="o", label=variant)
         ax.set_xlabel("minutes of training (2 CPU cores)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -108,24 +118,25 @@ def plot(results: list[dict], path: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0], help="training budgets, each run anew")
-    parser.add_argument("--recipe", action="append", help="extra demo options, quoted; repeat (default: RECIPES)")
-    parser.add_argument("--backbones-and-objectives", action="store_true",
-                        help="race BACKBONES_AND_OBJECTIVES (U-Net and DiT, diffusion and flow) instead of RECIPES")
+    parser.add_argument("--variant", action="append", help="recipe fields to change, as --set takes them, quoted; "
+                        "repeat (default: VARIANTS)")
+    parser.add_argument("--backbones-and-processes", action="store_true",
+                        help="race BACKBONES_AND_PROCESSES (U-Net and DiT, diffusion and flow) instead of VARIANTS")
     parser.add_argument("--fd", type=int, metavar="N", help="also the judge FD of N images per run")
     parser.add_argument("--keep", help="keep the runs in this folder (default: a temporary one)")
     parser.add_argument("--plot", help="also plot quality against minutes into this PNG")
     parser.add_argument("--out", default="demo_race.json")
     args = parser.parse_args()
-    recipes = args.recipe or (BACKBONES_AND_OBJECTIVES if args.backbones_and_objectives else RECIPES)
-    print("| recipe | minutes | steps | demo | " + " | ".join(COLUMNS) + " |" + (" judge FD |" if args.fd else ""))
+    variants = args.variant or (BACKBONES_AND_PROCESSES if args.backbones_and_processes else VARIANTS)
+    print("| variant | minutes | steps | demo | " + " | ".join(COLUMNS) + " |" + (" judge FD |" if args.fd else ""))
     print("|---|---|---|---|" + "---|" * (len(COLUMNS) + bool(args.fd)))
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         runs = Path(args.keep or scratch)
         for minutes in args.minutes:
-            for i, recipe in enumerate(recipes):
+            for i, variant in enumerate(variants):
                 run = runs / f"{i}-{minutes:g}min"
-                results.append(run_demo(recipe, minutes, run))
+                results.append(run_demo(variant, minutes, run))
                 if args.fd:
                     results[-1]["judge_fd"] = judge_fd(run / "checkpoint.npz", args.fd, runs / "judge.npz")
                 print(row(results[-1]), flush=True)

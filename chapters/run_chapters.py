@@ -5,7 +5,7 @@
 
 In smoke mode most of a chapter's time is XLA compiling its programs, which
 often leaves a core idle, so two at a time finish sooner on a 2-core CPU (the
-README has the times). Outputs are not written back: notebooks are committed
+docs/chapters.md has the times). Outputs are not written back: notebooks are committed
 without outputs.
 """
 

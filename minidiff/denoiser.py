@@ -278,7 +278,7 @@ class UNet(nnx.Module):
             # Every residual block's use of the noise level passes through its zero-initialised last
             # conv, which takes many steps to grow; until then the network cannot tell a
             # noisy input from a clean one, and its loss sits on a plateau (the best prediction
-            # blind to t). Here the noise level reaches the output directly (the README has
+            # blind to t). Here the noise level reaches the output directly (docs/adherence.md has
             # what that changed).
             h = modulate(h, self.out_cond, cond)
         h = self.out(jax.nn.silu(h))

@@ -101,9 +101,12 @@ def train_autoencoder(run: Run, dataset: CaptionedImages, checkpoint=None, progr
                       recipe: dict | None = None) -> Run:
     """Train until the run's steps are done or its minutes spent (`minidiff.loop.train`); with `checkpoint`, save
     there every checkpoint_every steps and at the end, each time with the latent scale measured anew (and the
-    `recipe` it was made from)."""
+    `recipe` it was made from). The model it leaves has its latent scale measured, saved or not."""
     task = AutoencoderTraining(run.model, dataset, run.config, recipe)
-    return train(run, task, checkpoint=checkpoint, progress=progress)
+    run = train(run, task, checkpoint=checkpoint, progress=progress)
+    if checkpoint is None:  # a saved run measured it before its last save; one kept in memory, now
+        task.before_save(run.model)
+    return run
 
 
 def latent_dataset(dataset: CaptionedImages, autoencoder: Autoencoder, autoencoder_sha256: str, cache_dir=None,

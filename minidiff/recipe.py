@@ -26,8 +26,8 @@ exist, or does not apply (a flow's `loss_weighting`, a DiT's
 error that names it, never ignored. A [smoke] table holds what the chapters'
 smoke mode (MINIDIFF_SMOKE=1) changes, in the same tables.
 
-`prepare` turns a recipe into what a run needs: its dataset (latents, for a
-latent model), its tokenizer and its model's config; `train_recipe` trains it.
+`minidiff.from_recipe` turns a recipe into what a run needs (its dataset, its
+tokenizer and its model's config) and trains it.
 """
 
 import copy
@@ -37,20 +37,14 @@ import types
 import typing
 from pathlib import Path
 
-from minidiff.autoencoder import FACTORS, Autoencoder, AutoencoderConfig, autoencoder_preset, load_autoencoder
-from minidiff.captions import SPECIAL_TOKENS, Tokenizer
+from minidiff.autoencoder import FACTORS, AutoencoderConfig, autoencoder_preset
 from minidiff.datasets import DATASETS, TOY, CaptionedImages, load_dataset
 from minidiff.datasets.splits import SPLITS as REAL_SPLITS
 from minidiff.datasets.toy import SPLITS as TOY_SPLITS
-from minidiff.generator import Generator
-from minidiff.latents import autoencoder_identity, latent_dataset
-from minidiff.loop import Run, TrainConfig
-from minidiff.machinery.checkpoints import Checkpoint
-from minidiff.model import BACKBONES, PRESETS, PROCESSES, ModelConfig, Process, preset
+from minidiff.loop import TrainConfig
+from minidiff.model import BACKBONES, PRESETS, PROCESSES, Process
 from minidiff.sampling import SamplerSettings
 from minidiff.text_encoders import TEXT_ENCODERS
-from minidiff.text_encoders.frozen import read_text_encoder_file
-from minidiff.training import start_run, train
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -58,7 +52,9 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
     dataset: str = "toy"  # one of datasets.DATASETS
-    split: str = "train"  # of flowers and birds: one of datasets.splits.SPLITS; of the embedded set: of toy.SPLITS
+    # Of flowers and birds: one of datasets.splits.SPLITS; of the embedded set: of toy.SPLITS; a folder has
+    # none (all its images). None: "train", or a folder's all.
+    split: str | None = None
     image_size: int = 32
     num_images: int | None = None  # the embedded set's size (None: load_dataset's); for it alone
     seed: int | None = None  # the embedded set's seed (None: load_dataset's); for it alone
@@ -66,9 +62,11 @@ class DataSettings:
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
-        splits = TOY_SPLITS if self.dataset in TOY else ("all",) if self.dataset == "folder" else REAL_SPLITS
-        if self.split not in splits:
-            raise ValueError(f"data.split of {self.dataset} must be one of {splits}, got {self.split!r}")
+        splits = TOY_SPLITS if self.dataset in TOY else (None,) if self.dataset == "folder" else REAL_SPLITS
+        if self.split is not None and self.split not in splits:
+            raise ValueError(f"data.split of {self.dataset} must be one of {splits}, got {self.split!r}"
+                             if self.dataset != "folder" else "data.split: a folder has no splits, all its images "
+                             "are used")
         if self.dataset not in TOY:
             given = [name for name in ("num_images", "seed") if getattr(self, name) is not None]
             if given:
@@ -78,7 +76,7 @@ class DataSettings:
 
     def load(self, data_dir=None, use_cache: bool = True, download: bool = False) -> CaptionedImages:
         embedded = {name: getattr(self, name) for name in ("num_images", "seed") if getattr(self, name) is not None}
-        return load_dataset(self.dataset, self.split, image_size=self.image_size, data_dir=data_dir,
+        return load_dataset(self.dataset, self.split or "train", image_size=self.image_size, data_dir=data_dir,
                             use_cache=use_cache, download=download, **embedded)
 
 
@@ -187,14 +185,16 @@ def recipe_path(name: str) -> Path:
     return path
 
 
+def what_it_trains(name: str) -> str:
+    """What the recipe `name` trains: "text-to-image" or "autoencoder" (its `trains`)."""
+    return tomllib.loads(recipe_path(name).read_text()).get("trains", "text-to-image")
+
+
 def describe_recipes() -> list[str]:
     """One line per named recipe: its name, what it trains, and its description."""
     width = max(map(len, recipe_names()))
-    lines = []
-    for name in recipe_names():
-        tables = tomllib.loads(recipe_path(name).read_text())
-        lines.append(f"{name:{width}s}  {tables.get('trains', 'text-to-image'):13s}  {tables['description']}")
-    return lines
+    descriptions = {name: tomllib.loads(recipe_path(name).read_text())["description"] for name in recipe_names()}
+    return [f"{name:{width}s}  {what_it_trains(name):13s}  {description}" for name, description in descriptions.items()]
 
 
 def parse_value(text: str):
@@ -218,10 +218,12 @@ def load_recipe(name: str, overrides: dict | None = None, smoke: bool = False,
         raise RecipeError(f"{path} is not valid TOML: {error}") from None
     description = tables.pop("description", "")
     smoke_tables = tables.pop("smoke", {})
-    if tables.pop("trains", "text-to-image") != trains:
+    if tables.pop("trains", "text-to-image") not in SECTIONS:
+        raise RecipeError(f"{path}: trains must be one of {tuple(SECTIONS)}")
+    if what_it_trains(name) != trains:
         command = "minidiff train-autoencoder" if trains == "text-to-image" else "minidiff train"
-        raise RecipeError(f"the recipe {name} trains {'an autoencoder' if trains == 'text-to-image' else 'a text-to-image model'}: "
-                          f"run it with {command}")
+        other = "an autoencoder" if trains == "text-to-image" else "a text-to-image model"
+        raise RecipeError(f"the recipe {name} trains {other}: run it with {command}")
     sections = SECTIONS[trains]
     _check_tables(tables, sections, f"{path}")
     if smoke:
@@ -298,103 +300,3 @@ def _typed(value, hint, where: str):
     raise RecipeError(f"{where} must be {' or '.join(getattr(o, '__name__', str(o)) for o in options)}, "
                       f"got {value!r}")
 
-
-# --- From a recipe to a run ---------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Prepared:
-    """What a run of a recipe trains: its dataset (latents, for a latent model), the images themselves, the
-    tokenizer, the model's config, and the parts it loads from files."""
-
-    recipe: Recipe
-    dataset: CaptionedImages
-    images: CaptionedImages
-    tokenizer: Tokenizer
-    model_config: ModelConfig
-    autoencoder: Autoencoder | None = None
-    text_encoder: Checkpoint | None = None  # a pretrained encoder's weights
-
-
-def model_config(recipe: Recipe, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None) -> ModelConfig:
-    """The model `recipe` asks for, reading `tokenizer`'s words; a latent model works on `autoencoder`'s latents."""
-    settings = recipe.model
-    denoiser = {name: tuple(value) if isinstance(value, list) else value for name, value in settings.denoiser.items()}
-    size, channels, latent = recipe.data.image_size, 3, {}
-    if settings.autoencoder:
-        if autoencoder is None:
-            raise ValueError("a latent model's config needs its autoencoder")
-        if size != autoencoder.config.image_size:
-            raise ValueError(f"the autoencoder {settings.autoencoder} encodes {autoencoder.config.image_size} px "
-                             f"images: set data.image_size = {autoencoder.config.image_size}")
-        size, _, channels = autoencoder.config.latent_shape
-        file, sha256 = autoencoder_identity(settings.autoencoder)
-        latent = {"autoencoder_sha256": sha256, "autoencoder_file": file}
-    kind, text = settings.text_encoder or "transformer", {}
-    if settings.text_encoder_file:
-        pretrained = read_text_encoder_file(settings.text_encoder_file)
-        if settings.text_encoder not in (None, pretrained.kind):
-            raise ValueError(f"model.text_encoder_file holds a {pretrained.kind} encoder, not a "
-                             f"{settings.text_encoder}: drop model.text_encoder")
-        denoiser["caption_dim"], kind = pretrained.config.dim, pretrained.kind
-        text = {"text": pretrained.config, "text_encoder_frozen": True}
-    config = preset(settings.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
-                    backbone=settings.backbone, process=recipe.process, text_encoder=kind,
-                    upscale_from=settings.upscale_from, channels=channels, **denoiser)
-    return dataclasses.replace(config, caption_dropout=settings.caption_dropout, **latent, **text)
-
-
-def check(recipe: Recipe) -> None:
-    """Everything about `recipe` that can be checked before its data is loaded: its model's config (with the
-    special tokens for a vocabulary) and the files it names."""
-    autoencoder = load_autoencoder(recipe.model.autoencoder) if recipe.model.autoencoder else None
-    model_config(recipe, Tokenizer(SPECIAL_TOKENS), autoencoder)
-
-
-def prepare(recipe: Recipe, data_dir=None, use_cache: bool = True, download: bool = False,
-            progress: bool = True) -> Prepared:
-    """Load what a run of `recipe` trains on, and make its model's config: the images (encoded into latents
-    once, and cached, for a latent model), and a tokenizer of their captions' words (or a pretrained text
-    encoder's own)."""
-    autoencoder = load_autoencoder(recipe.model.autoencoder) if recipe.model.autoencoder else None
-    images = recipe.data.load(data_dir, use_cache=use_cache, download=download)
-    dataset = images
-    if autoencoder is not None:
-        sha256 = autoencoder_identity(recipe.model.autoencoder)[1]
-        dataset = latent_dataset(images, autoencoder, sha256, progress=progress)
-    text_encoder = None
-    if recipe.model.text_encoder_file:  # its words are those of the corpus it was pretrained on
-        pretrained = read_text_encoder_file(recipe.model.text_encoder_file)
-        tokenizer, text_encoder = pretrained.tokenizer, pretrained.checkpoint
-    else:
-        tokenizer = Tokenizer.from_captions(images.all_captions())
-    return Prepared(recipe, dataset, images, tokenizer, model_config(recipe, tokenizer, autoencoder), autoencoder,
-                    text_encoder)
-
-
-@dataclasses.dataclass
-class Trained:
-    """A run of a recipe, and what it trained on."""
-
-    run: Run
-    prepared: Prepared
-
-    @property
-    def recipe(self) -> Recipe:
-        return self.prepared.recipe
-
-    @property
-    def generator(self) -> Generator:
-        """The model trained so far (its EMA weights), sampling with the recipe's settings."""
-        prepared = self.prepared
-        return Generator.from_training(self.run, prepared.tokenizer, self.recipe.sample, prepared.autoencoder)
-
-
-def train_recipe(recipe: Recipe, checkpoint=None, progress: bool = True, data_dir=None, **training) -> Trained:
-    """A new model trained as `recipe` says (`training.train`'s `on_report` and `mesh` may be given); with
-    `checkpoint`, saved there as it trains, with the recipe."""
-    prepared = prepare(recipe, data_dir, progress=progress)
-    run = start_run(prepared.model_config, recipe.train, prepared.text_encoder)
-    train(run, prepared.dataset, prepared.tokenizer, checkpoint=checkpoint, progress=progress,
-          recipe=recipe.to_dict(), **training)
-    return Trained(run, prepared)

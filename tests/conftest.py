@@ -1,9 +1,13 @@
-"""Shared fixtures: a tiny dataset, tokenizer, model and training configuration, and a persistent
-compilation cache."""
+"""Shared fixtures: a tiny dataset, tokenizer, model and training configuration; small trained runs of every
+kind, made once per test session; and a persistent compilation cache."""
 
+import contextlib
+import io
+import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from minidiff.machinery.compilation import enable_compilation_cache
 from minidiff.machinery.sharding import one_device_per_cpu_core
@@ -14,9 +18,10 @@ enable_compilation_cache(Path(__file__).resolve().parent.parent / ".jax_cache")
 one_device_per_cpu_core()
 
 from minidiff.captions import Tokenizer  # noqa: E402
+from minidiff.command.cli import main  # noqa: E402
 from minidiff.datasets import toy_dataset  # noqa: E402
-from minidiff.model import create_model, preset  # noqa: E402
 from minidiff.loop import TrainConfig  # noqa: E402
+from minidiff.model import create_model, preset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +49,52 @@ def model_config(tokenizer):
 @pytest.fixture()
 def model(model_config):
     return create_model(model_config, seed=0)
+
+
+# --- Small trained runs of every kind, through the command ------------------------------------
+
+# Two steps of the tiny models on 32 images of the embedded set: what the command and the generator are
+# tested on. Each is `minidiff train` (or train-autoencoder) as a user types it.
+TINY = ["--steps", "2", "--quiet", "--set", "data.num_images=32", "train.batch_size=4"]
+RUNS = {
+    "unet": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=16", "train.report_every=0",
+             "model.denoiser.attention_resolutions=[8,4]"],
+    "dit": ["train", "--recipe", "demo", *TINY, "data.image_size=16"],
+    "upscaler": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=32", "model.upscale_from=16",
+                 "train.report_every=2"],
+    "autoencoder": ["train-autoencoder", *TINY, "data.image_size=16"],
+    "latent": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=16", "train.report_every=2",
+               "model.autoencoder={autoencoder}/autoencoder.npz"],
+}
+
+
+def _make_runs(folder: Path) -> None:
+    before = os.environ.get("MINIDIFF_CACHE_DIR")
+    os.environ["MINIDIFF_CACHE_DIR"] = str(folder / "cache")  # latents cached here, not in the user's cache
+    try:
+        for name, args in RUNS.items():
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = main([arg.format(autoencoder=folder / "autoencoder") for arg in args]
+                            + ["--out", str(folder / name)])
+            (folder / name / "printed.txt").write_text(printed.getvalue())
+            assert code == 0, (name, printed.getvalue())
+    finally:
+        os.environ.pop("MINIDIFF_CACHE_DIR") if before is None else os.environ.update(MINIDIFF_CACHE_DIR=before)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, worker_id) -> dict[str, Path]:
+    """The folders of small runs of every kind (`RUNS`), trained once per test session and shared by the
+    tests and by pytest's workers (the first to need them trains them; the others wait for it). Each holds
+    what the command wrote, and printed.txt, what it printed. Tests read them; a test that changes a run
+    copies it first."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if worker_id != "master" else root
+    folder = root / "trained"
+    with FileLock(str(root / "trained.lock")):
+        if not (folder / "done").is_file():
+            folder.mkdir(exist_ok=True)
+            _make_runs(folder)
+            (folder / "done").write_text("")
+    return {name: folder / name for name in RUNS}

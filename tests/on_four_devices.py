@@ -14,7 +14,7 @@ from flax import nnx
 import minidiff.generator
 from minidiff.generator import Generator
 from minidiff.machinery.sharding import data_mesh, mesh_for_batch
-from minidiff.training import new_train_state, train
+from minidiff.training import start_run, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,12 +25,12 @@ def four_devices():
 @pytest.fixture(scope="module")
 def single(dataset, tokenizer, model_config, train_config):
     """Training on one device: the step the other tests compile."""
-    return train(new_train_state(model_config, tokenizer, train_config), dataset, progress=False)
+    return train(start_run(model_config, train_config), dataset, tokenizer, progress=False)
 
 
 def test_sharded_training_equals_single_device_training(single, dataset, tokenizer, model_config, train_config):
-    sharded = train(new_train_state(model_config, tokenizer, train_config), dataset, progress=False, mesh=data_mesh())
-    kernel = sharded.model.unet.out.kernel[...]
+    sharded = train(start_run(model_config, train_config), dataset, tokenizer, progress=False, mesh=data_mesh())
+    kernel = sharded.model.denoiser.out.kernel[...]
     assert len(kernel.sharding.device_set) == 4, kernel.sharding  # replicated on every device
     a = jax.tree.leaves(nnx.state(single.model, nnx.Param))
     b = jax.tree.leaves(nnx.state(sharded.model, nnx.Param))
@@ -46,19 +46,19 @@ def test_a_batch_is_split_over_as_many_devices_as_divide_it():
 def test_a_batch_that_does_not_split_evenly_is_refused(dataset, tokenizer, model_config, train_config):
     uneven = dataclasses.replace(train_config, batch_size=6)
     with pytest.raises(ValueError, match="split evenly"):
-        train(new_train_state(model_config, tokenizer, uneven), dataset, progress=False, mesh=data_mesh())
+        train(start_run(model_config, uneven), dataset, tokenizer, progress=False, mesh=data_mesh())
 
 
-def test_sampling_split_over_devices_draws_the_same_images(single, dataset, monkeypatch):
+def test_sampling_split_over_devices_draws_the_same_images(single, dataset, tokenizer, monkeypatch):
     """DDPM draws fresh noise at every step: the rows split over 4 devices, or all on one, give the
     same images; and afterwards the model is gathered back, so a batch that does not split runs once."""
-    generator = Generator.from_training(single)
+    generator = Generator.from_training(single, tokenizer)
     captions = [c[0] for c in dataset.captions[:8]]
-    settings = dict(steps=3, sampler="ddpm", guidance=2.0)
+    settings = dict(sampling_steps=3, sampler="ddpm", guidance=2.0)
     split = generator.sample(captions, **settings)
-    assert len(generator.model.unet.out.kernel[...].sharding.device_set) == 4
+    assert len(generator.model.denoiser.out.kernel[...].sharding.device_set) == 4
     with monkeypatch.context() as patch:
         patch.setattr(minidiff.generator, "mesh_for_batch", lambda batch_size: None)
         alone = generator.sample(captions, **settings)
-    assert len(generator.model.unet.out.kernel[...].sharding.device_set) == 1
+    assert len(generator.model.denoiser.out.kernel[...].sharding.device_set) == 1
     np.testing.assert_allclose(alone, split, atol=1e-5)

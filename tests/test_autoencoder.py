@@ -11,16 +11,18 @@ import pytest
 import minidiff
 from minidiff.autoencoder import (Autoencoder, AutoencoderConfig, autoencoder_preset, decode_latents, encode_images,
                                   kl_to_standard_normal, load_autoencoder, sample_posterior)
-from minidiff.latents import (AutoencoderTraining, latent_dataset, measure_latent_scale, new_autoencoder_run,
-                              resume_autoencoder_run, save_autoencoder_run, train_autoencoder)
+from minidiff.latents import (AutoencoderTraining, latent_dataset, measure_latent_scale, resume_autoencoder_run,
+                              start_autoencoder_run, train_autoencoder)
+from minidiff.loop import TrainConfig, save_run
 from minidiff.machinery.checkpoints import CheckpointError
 from minidiff.machinery.initialisation import initialised
 from minidiff.model import preset
-from minidiff.training import new_train_state, train
+from minidiff.training import start_run, train
 
 # A tiny autoencoder, 16 px images to 4 x 4 x 4 latents: one config, so its programs compile once.
 TINY = AutoencoderConfig(image_size=16, widths=(8, 16), groups=4)
-TRAINING = AutoencoderTraining(steps=6, batch_size=8, learning_rate=3e-3, warmup=0.2, log_every=1, checkpoint_every=3)
+TRAINING = TrainConfig(steps=6, batch_size=8, learning_rate=3e-3, warmup=0.2, weight_decay=0.0, ema_decay=0.0,
+                       log_every=1, checkpoint_every=3)
 
 
 @pytest.mark.parametrize("factor", [4, 8])
@@ -92,10 +94,10 @@ def test_the_measured_scale_makes_the_latents_unit_variance(dataset):
 
 def test_a_tiny_autoencoder_learns_a_few_images_by_heart(dataset):
     few = dataset.subset(np.arange(4))
-    run = new_autoencoder_run(TINY, dataclasses.replace(TRAINING, steps=300, batch_size=4, learning_rate=3e-3,
-                                                        log_every=50))
+    run = start_autoencoder_run(TINY, dataclasses.replace(TRAINING, steps=300, batch_size=4, learning_rate=3e-3,
+                                                          log_every=50))
     run = train_autoencoder(run, few, progress=False)
-    first, last = run.losses[0][2], run.losses[-1][2]  # the reconstruction's L1
+    first, last = run.history[0]["l1"], run.history[-1]["l1"]  # the reconstruction's L1
     rebuilt = decode_latents(run.model, encode_images(run.model, few.images))
     error = np.abs(rebuilt - (few.images / 127.5 - 1.0)).mean()
     # A tenth of the L1 it started from; each pixel within 5 % of the [-1, 1] range on average.
@@ -103,19 +105,22 @@ def test_a_tiny_autoencoder_learns_a_few_images_by_heart(dataset):
 
 
 def test_an_interrupted_autoencoder_run_resumes_to_the_same_parameters(tmp_path, dataset, monkeypatch):
-    whole = train_autoencoder(new_autoencoder_run(TINY, TRAINING), dataset, tmp_path / "whole.npz", progress=False)
+    """The autoencoder trains in the one loop: killed right after its checkpoint at step 3, resumed, it ends
+    where an uninterrupted run ends, its file ready to use at every save (the latent scale measured)."""
+    whole = train_autoencoder(start_autoencoder_run(TINY, TRAINING), dataset, tmp_path / "whole.npz", progress=False)
 
     class Interrupted(Exception):
         pass
 
-    def save_then_crash(path, run):
-        save_autoencoder_run(path, run)  # the function as imported above, before the patch
+    def save_then_crash(path, run, task):
+        save_run(path, run, task)  # the function as imported above, before the patch
         raise Interrupted
 
-    monkeypatch.setattr(minidiff.latents, "save_autoencoder_run", save_then_crash)
-    with pytest.raises(Interrupted):  # killed right after its checkpoint at step 3
-        train_autoencoder(new_autoencoder_run(TINY, TRAINING), dataset, tmp_path / "halted.npz", progress=False)
+    monkeypatch.setattr(minidiff.loop, "save_run", save_then_crash)
+    with pytest.raises(Interrupted):
+        train_autoencoder(start_autoencoder_run(TINY, TRAINING), dataset, tmp_path / "halted.npz", progress=False)
     monkeypatch.undo()
+    assert float(load_autoencoder(tmp_path / "halted.npz").latent_scale[...]) != 1.0  # measured before saving
     halted = resume_autoencoder_run(tmp_path / "halted.npz", TRAINING)
     assert halted.step == 3
     resumed = train_autoencoder(halted, dataset, tmp_path / "halted.npz", progress=False)
@@ -130,9 +135,8 @@ def test_an_interrupted_autoencoder_run_resumes_to_the_same_parameters(tmp_path,
 @pytest.fixture(scope="module")
 def autoencoder_file(tmp_path_factory, dataset):
     path = tmp_path_factory.mktemp("autoencoder") / "autoencoder.npz"
-    run = new_autoencoder_run(TINY, TRAINING)
-    measure_latent_scale(run.model, dataset.images)
-    save_autoencoder_run(path, run)
+    run = start_autoencoder_run(TINY, TRAINING)
+    save_run(path, run, AutoencoderTraining(run.model, dataset, TRAINING))
     return path
 
 
@@ -163,28 +167,28 @@ def latent_checkpoint(autoencoder_file, dataset, tokenizer, train_config, tmp_pa
                patch_size=1, attention_resolutions=(2,)),
         autoencoder_sha256=minidiff.autoencoder.file_sha256(autoencoder_file),
         autoencoder_file=str(autoencoder_file))
-    out = tmp_path_factory.mktemp("latent_run")
-    state = train(new_train_state(config, tokenizer, dataclasses.replace(train_config, steps=2)), latents,
-                  out_dir=out, progress=False)
-    assert np.isfinite(state.losses[-1][1])
-    return out / "checkpoint.npz"
+    path = tmp_path_factory.mktemp("latent_run") / "checkpoint.npz"
+    run = train(start_run(config, dataclasses.replace(train_config, steps=2)), latents, tokenizer, path,
+                progress=False)
+    assert np.isfinite(run.losses[-1][1])
+    return path
 
 
 def test_a_latent_model_draws_latents_and_decodes_them_to_images(latent_checkpoint):
     generator = minidiff.load(latent_checkpoint)
-    assert generator.latent and generator.image_shape == (4, 4, 4) and generator.output_shape == (16, 16, 3)
-    images = generator.sample(["a red flower with a yellow centre"] * 2, steps=2)
+    assert generator.config.latent and generator.image_shape == (4, 4, 4) and generator.output_shape == (16, 16, 3)
+    images = generator.sample(["a red flower with a yellow centre"] * 2, sampling_steps=2)
     assert images.shape == (2, 16, 16, 3) and np.all(np.abs(images) <= 1.0)
     with pytest.raises(ValueError, match="no range to clip"):
-        generator.sample(["a red flower"], steps=2, x0_clipping="static")
+        generator.sample(["a red flower"], sampling_steps=2, x0_clipping="static")
 
 
 def test_a_missing_or_another_autoencoder_is_a_clear_error(latent_checkpoint, dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="needs the autoencoder it was trained with"):
         minidiff.load(latent_checkpoint, autoencoder=tmp_path / "moved.npz")
     other = tmp_path / "other.npz"
-    run = new_autoencoder_run(TINY, dataclasses.replace(TRAINING, seed=1))
-    save_autoencoder_run(other, run)
+    run = start_autoencoder_run(TINY, dataclasses.replace(TRAINING, seed=1))
+    save_run(other, run, AutoencoderTraining(run.model, dataset, run.config))
     with pytest.raises(CheckpointError, match="not the autoencoder this model was trained with"):
         minidiff.load(latent_checkpoint, autoencoder=other)
     with pytest.raises(CheckpointError, match="not a minidiff autoencoder"):

@@ -1,3 +1,5 @@
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -52,3 +54,15 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_what_to_do(tmp_path, model):
+    """Every file records its format; an older one is refused in one line that says to train again, rather
+    than read by a branch kept for it."""
+    path = save_checkpoint(tmp_path / "c.npz", {}, model=model)
+    with np.load(path, allow_pickle=False) as arrays:
+        saved = {key: arrays[key] for key in arrays.files}
+    header = json.loads(str(saved["header"])) | {"format_version": 1}
+    np.savez(tmp_path / "old.npz", **(saved | {"header": np.array(json.dumps(header))}))
+    with pytest.raises(CheckpointError, match="format 1; this minidiff reads format 2 only: train it again"):
+        Checkpoint(tmp_path / "old.npz")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from minidiff.denoiser import UNetConfig, depth_to_space, noise_level_embedding, space_to_depth, upsample_nearest
+from minidiff.corruption import Diffusion
 from minidiff.model import ModelConfig, count_parameters, create_model, preset
 
 
@@ -30,7 +31,7 @@ def test_model_output_has_the_image_shape(patch_size, tokenizer):
     model = create_model(config)
     xt = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
     ids = jnp.asarray(tokenizer.encode_batch(["a red flower", "a blue bird"]))
-    out = model(xt, jnp.array([0.1, 0.9]), ids)
+    out = model.denoise(xt, jnp.array([0.1, 0.9]), model.encode_captions(ids))
     assert out.shape == xt.shape and out.dtype == jnp.float32
     # The output convolution starts at zero, so an untrained network predicts zero.
     assert float(jnp.abs(out).max()) == 0.0
@@ -38,20 +39,21 @@ def test_model_output_has_the_image_shape(patch_size, tokenizer):
 
 
 def test_initialisation_follows_the_declared_rules(model):
-    kernel = np.asarray(model.unet.stem.kernel[...])
+    kernel = np.asarray(model.denoiser.stem.kernel[...])
     fan_in = np.prod(kernel.shape[:-1])
     assert kernel.std() == pytest.approx(1 / np.sqrt(fan_in), rel=0.15)  # LeCun normal
-    assert np.all(np.asarray(model.unet.stem.bias[...]) == 0)
-    assert np.all(np.asarray(model.unet.out_norm.scale[...]) == 1)
+    assert np.all(np.asarray(model.denoiser.stem.bias[...]) == 0)
+    assert np.all(np.asarray(model.denoiser.out_norm.scale[...]) == 1)
     assert np.asarray(model.text_encoder.position_embedding[...]).std() == pytest.approx(0.02, rel=0.2)
 
 
 def test_caption_changes_the_prediction_once_trained_weights_are_nonzero(model, tokenizer):
     # Give the output layer weights, then check the caption actually reaches the output.
-    model.unet.out.kernel[...] = 0.1 * jnp.ones_like(model.unet.out.kernel[...])
+    model.denoiser.out.kernel[...] = 0.1 * jnp.ones_like(model.denoiser.out.kernel[...])
     xt = jnp.zeros((1, 16, 16, 3))
-    a = model(xt, jnp.array([0.5]), jnp.asarray(tokenizer.encode_batch(["a red flower"])))
-    b = model(xt, jnp.array([0.5]), jnp.asarray(tokenizer.encode_batch(["a blue bird"])))
+    caption = lambda text: model.encode_captions(jnp.asarray(tokenizer.encode_batch([text])))  # noqa: E731
+    a = model.denoise(xt, jnp.array([0.5]), caption("a red flower"))
+    b = model.denoise(xt, jnp.array([0.5]), caption("a blue bird"))
     assert float(jnp.abs(a - b).max()) > 1e-4
 
 
@@ -64,8 +66,12 @@ def test_bad_configs_are_clear_errors(tokenizer):
     config = preset("tiny", 10)
     with pytest.raises(ValueError, match="caption_dim"):
         dataclasses.replace(config, text=dataclasses.replace(config.text, dim=64))
-    with pytest.raises(ValueError, match="cannot predict .score."):
-        dataclasses.replace(config, prediction="score")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        dataclasses.replace(config, process=Diffusion(prediction="score"))
+    with pytest.raises(ValueError, match="takes 6 channels in and 3 out, but a base model is shown x_t alone"):
+        dataclasses.replace(config, denoiser=dataclasses.replace(config.denoiser, in_channels=6))
+    with pytest.raises(ValueError, match="a unet has no setting width"):
+        preset("tiny", 10, width=64)
     assert ModelConfig.from_dict(config.to_dict()) == config
 
 
@@ -76,15 +82,9 @@ def test_at_initialisation_only_the_modulated_output_norm_passes_the_noise_level
     config = preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length,
                     modulated_output_norm=modulated)
     model = create_model(config)
-    model.unet.out.kernel[...] = 0.1 * jnp.ones_like(model.unet.out.kernel[...])
+    model.denoiser.out.kernel[...] = 0.1 * jnp.ones_like(model.denoiser.out.kernel[...])
     xt = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
     ids = jnp.asarray(tokenizer.encode_batch(["a red flower"]))
-    change = float(jnp.abs(model(xt, jnp.array([0.1]), ids) - model(xt, jnp.array([0.9]), ids)).max())
+    caption = model.encode_captions(ids)
+    change = float(jnp.abs(model.denoise(xt, jnp.array([0.1]), caption) - model.denoise(xt, jnp.array([0.9]), caption)).max())
     assert (change > 1e-3) if modulated else (change < 1e-6)
-
-
-def test_configs_saved_before_the_modulated_output_norm_load_with_a_plain_one():
-    saved = preset("tiny", 10).to_dict()
-    del saved["unet"]["modulated_output_norm"]
-    assert ModelConfig.from_dict(saved).denoiser.modulated_output_norm is False
-    assert preset("tiny", 10).denoiser.modulated_output_norm is True

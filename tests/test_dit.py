@@ -1,7 +1,6 @@
 """The DiT denoiser (`minidiff.dit`): shapes, adaLN-Zero's identity blocks at initialisation, the patch
-positions, configs and checkpoints that say which backbone and objective they hold."""
+positions, configs and checkpoints that say which backbone and process they hold."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +10,11 @@ from flax import nnx
 
 from minidiff.corruption import to_model_range
 from minidiff.dit import DiTConfig, sincos_positions
-from minidiff.flows import flow_loss
+from minidiff.flows import StraightFlow
+from minidiff.loss import denoising_loss
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError, save_checkpoint
 from minidiff.model import ModelConfig, create_model, preset
-from minidiff.training import new_train_state, train
+from minidiff.training import start_run, train
 
 
 def inputs(model, batch=2, size=16, seed=0):
@@ -37,7 +37,7 @@ def test_every_block_is_the_identity_at_initialisation(tokenizer):
     """adaLN-Zero: the gates, the cross-attention's output and the modulation start at zero, so each block
     passes its input through unchanged, whatever the input."""
     model = create_model(preset("tiny", tokenizer.vocab_size, image_size=16, backbone="dit"))
-    dit = model.dit
+    dit = model.denoiser
     tokens, mask, pooled = model.encode_captions(jnp.tile(jnp.arange(1, 7, dtype=jnp.int32), (2, 1)))
     x = jax.random.normal(jax.random.key(1), (2, dit.config.grid**2, dit.config.width))
     cond = jax.random.normal(jax.random.key(3), (2, dit.config.width))
@@ -55,17 +55,19 @@ def test_a_dit_trained_as_a_flow_learns_and_moves_every_block(dataset, tokenizer
     """Zero-initialised gates do not freeze the network: after a few steps every block's table has moved,
     and the flow loss on a fixed batch has dropped."""
     config = preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length, backbone="dit",
-                    objective="flow")
+                    process=StraightFlow())
     images = dataset.subset(np.arange(8))
-    x0 = jnp.asarray(to_model_range(images.images))
-    ids = jnp.asarray(tokenizer.encode_batch([c[0] for c in images.captions]))
-    loss = nnx.jit(flow_loss)
-    fixed_loss = lambda model: np.mean([float(loss(model, x0, ids, jax.random.key(k))) for k in range(16)])  # noqa: E731
-    state = new_train_state(config, tokenizer, train_config)
-    before = fixed_loss(state.model)
-    state = train(state, images, progress=False)
-    assert fixed_loss(state.model) < 0.98 * before
-    for block in state.model.dit.blocks:
+    batch = (jnp.asarray(to_model_range(images.images)),
+             jnp.asarray(tokenizer.encode_batch([c[0] for c in images.captions])))
+    constants = (jnp.asarray(tokenizer.empty(1)[0]),)
+    loss = nnx.jit(denoising_loss)
+    fixed_loss = lambda model: np.mean(  # noqa: E731
+        [float(loss(model, batch, constants, jax.random.key(k))[0]) for k in range(16)])
+    run = start_run(config, train_config)
+    before = fixed_loss(run.model)
+    run = train(run, images, tokenizer, progress=False)
+    assert fixed_loss(run.model) < 0.98 * before
+    for block in run.model.denoiser.blocks:
         assert float(jnp.abs(block.table[...]).max()) > 0
 
 
@@ -85,25 +87,19 @@ def test_bad_dit_configs_are_clear_errors(tokenizer):
         DiTConfig(width=64, heads=3)
     with pytest.raises(ValueError, match="unknown backbone 'vit'"):
         preset("tiny", 10, backbone="vit")
-    with pytest.raises(ValueError, match="unknown objective 'score'"):
-        preset("tiny", 10, objective="score")
+    with pytest.raises(ValueError, match="the process must be one of"):
+        preset("tiny", 10, process="score")
     with pytest.raises(ValueError, match="a dit has no setting attention_resolutions"):
         preset("tiny", 10, backbone="dit", attention_resolutions=(8,))
-    with pytest.raises(ValueError, match="a flow model cannot predict 'v'"):
-        dataclasses.replace(preset("tiny", 10, objective="flow"), prediction="v")
 
 
-def test_a_checkpoint_says_which_backbone_and_objective_it_holds(tmp_path, tokenizer):
-    config = preset("tiny", tokenizer.vocab_size, image_size=16, backbone="dit", objective="flow")
+def test_a_checkpoint_says_which_backbone_and_process_it_holds(tmp_path, tokenizer):
+    config = preset("tiny", tokenizer.vocab_size, image_size=16, backbone="dit", process=StraightFlow())
     assert ModelConfig.from_dict(config.to_dict()) == config
     header = config.to_dict()
-    assert (header["backbone"], header["objective"], header["prediction"]) == ("dit", "flow", "velocity")
-    # A header from before DiTs and flows: a U-Net trained with diffusion.
-    old = preset("tiny", tokenizer.vocab_size).to_dict()
-    del old["backbone"], old["objective"]
-    assert ModelConfig.from_dict(old) == preset("tiny", tokenizer.vocab_size)
+    assert (header["backbone"], header["process"]) == ("dit", {"kind": "flow", "time_sampling": "logit_normal"})
     # A DiT's arrays do not fit a U-Net: a clear error, not a crash.
     path = save_checkpoint(tmp_path / "dit.npz", {}, model=create_model(config))
     unet = create_model(preset("tiny", tokenizer.vocab_size, image_size=16))
-    with pytest.raises(CheckpointError, match="has no array 'model/unet/.*saved from a different model"):
+    with pytest.raises(CheckpointError, match=r"model/denoiser/.*(saved from a different model|the model expects)"):
         Checkpoint(path).restore("model", unet)

@@ -10,7 +10,8 @@ import nbformat
 import pytest
 
 from minidiff import corruption
-from minidiff.course import exercises, grading, mistakes
+from minidiff.course import exercises, grading
+from minidiff.course.mistakes import destroying_images as mistakes
 from minidiff.course.exercises import check, check_below, difference
 
 INPUTS = (jax.random.normal(jax.random.key(0), (3, 4, 4, 3)), jnp.array([0.9, 0.5, 0.1]),

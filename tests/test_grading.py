@@ -9,12 +9,12 @@ import nbformat
 import pytest
 
 from minidiff.command.cli import main
-from minidiff.course import mistakes
+from minidiff.course.mistakes import captions_and_guidance as mistakes
 
 # A chapter of two exercises, small enough to run in a second: guidance, with its common mistakes, and a
 # "run" whose result must come out below a bound.
 SETUP = """import numpy as np
-from minidiff.course import mistakes
+from minidiff.course.mistakes import captions_and_guidance as mistakes
 from minidiff.course.exercises import check, check_below"""
 GUIDANCE = """def my_guidance(conditional, unconditional, scale):
     raise NotImplementedError("Exercise: unconditional + scale (conditional - unconditional)")

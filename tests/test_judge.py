@@ -1,11 +1,13 @@
 """The judge: a small classifier of a dataset's labels."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from minidiff.datasets import toy_dataset
-from minidiff.evaluation.judge import (JudgeConfig, features_and_predictions, label_agreement, load_judge, save_judge,
-                                       train_judge)
+from minidiff.evaluation.judge import (JUDGE_TRAINING, JudgeConfig, features_and_predictions, label_agreement,
+                                       load_judge, save_judge, train_judge)
 from minidiff.machinery.checkpoints import CheckpointError, save_checkpoint
 
 
@@ -20,7 +22,8 @@ def test_judge_learns_colours_and_round_trips_through_a_file(tmp_path):
     test = toy_dataset(("flowers",), split="test", num_images=128, image_size=16, seed=1)
     config = JudgeConfig.for_dataset(train)
     assert dict(config.heads)["petal_colour"] == 7 and "kind" not in dict(config.heads)  # one kind: nothing to learn
-    judge = train_judge(train, steps=150, batch_size=32, progress=False, widths=(16, 32))
+    judge = train_judge(train, dataclasses.replace(JUDGE_TRAINING, steps=150, batch_size=32), progress=False,
+                        widths=(16, 32))
     features, predictions = features_and_predictions(judge, test.images)
     assert features.shape == (128, 32)
     accuracy = label_agreement(predictions, test.labels)

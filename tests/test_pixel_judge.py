@@ -2,7 +2,7 @@ import numpy as np
 
 from minidiff.datasets import toy_dataset
 from minidiff.datasets.toy import FLOWER_ATTRIBUTES
-from minidiff.evaluation.pixel_judge import adherence_lines, chance, pixel_adherence, read_attributes
+from minidiff.evaluation.pixel_judge import adherence_lines, chance, colour_adherence, pixel_adherence, read_attributes
 
 
 def test_the_judge_reads_the_dataset_own_images():
@@ -43,3 +43,8 @@ def test_adherence_lines_say_each_attribute_with_its_chance():
         "wing colour: 30 % of images match their caption, 25 % for pairs never seen (chance 17 %)",
         "bird facing: 50 % of images match their caption (chance 50 %)",
     ]
+
+
+def test_colour_adherence_is_the_mean_of_the_colours_alone():
+    scores = {"birds/facing": 0.5, "birds/wing_colour": 0.3, "flowers/background": 1.0, "flowers/petal_colour": 0.9}
+    assert colour_adherence(scores) == 0.6

@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 
 from minidiff.denoiser import depth_to_space, space_to_depth
 from minidiff.model import count_parameters, create_model, preset
-from minidiff.training import TrainConfig
+from minidiff.loop import TrainConfig
 from minidiff.command.pytorch_peer import (PeerDiT, PeerTextToImage, benchmark_peer, diffusers_unet, dit_state_dict,
                                            unet_state_dict)
 from minidiff.dit import sincos_positions
@@ -35,7 +35,7 @@ def randomised(module, seed=0):
 @pytest.mark.parametrize("overrides", [{}, {"blocks_per_level": 2, "patch_size": 1}])
 def test_diffusers_computes_the_same_unet(overrides):
     config = preset("tiny", vocab_size=20, image_size=16, max_length=8, modulated_output_norm=False, **overrides)
-    unet = randomised(create_model(config).unet)
+    unet = randomised(create_model(config).denoiser)
     peer = diffusers_unet(config.denoiser)
     peer.load_state_dict(unet_state_dict(unet), strict=True)  # every name and shape matches, none left over
     assert sum(p.numel() for p in peer.parameters()) == count_parameters(unet)

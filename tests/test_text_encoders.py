@@ -12,20 +12,22 @@ from minidiff.captions import BOS, MASK, PAD, SPECIAL_TOKENS, TextEncoderConfig,
 from minidiff.command.cli import main
 from minidiff.evaluation.attention_maps import cross_attention_layers, cross_attention_maps
 from minidiff.evaluation.word_order import swapped_colour_pairs, swapped_colours_score, word_influence
-from minidiff.machinery.checkpoints import CheckpointError
+from minidiff.flows import StraightFlow
+from minidiff.loop import TrainConfig, train_step
+from minidiff.loss import denoising_loss
+from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.model import create_model, preset
 from minidiff.text_encoders import TEXT_ENCODERS
-from minidiff.text_encoders.frozen import (embed_captions, frozen_config, read_text_encoder_file, save_text_encoder,
-                                           trainable)
+from minidiff.text_encoders.frozen import embed_captions, read_text_encoder_file, save_text_encoder, trainable
 from minidiff.text_encoders.masked_language_model import CHOSEN_RATE, mask_words, pretrain, read_corpus
-from minidiff.training import make_optimizer, new_train_state, train, train_step, training_loss
+from minidiff.training import start_run, train
 
 KINDS = tuple(TEXT_ENCODERS)
 SENTENCES = ["a red bird with black wings", "a black bird with red wings", "a blue flower with a yellow centre"]
 
 
 def encoder(kind: str, tokenizer: Tokenizer, seed: int = 0):
-    config = TextEncoderConfig(tokenizer.vocab_size, tokenizer.max_length, dim=16, depth=2, heads=2, kind=kind)
+    config = TextEncoderConfig(tokenizer.vocab_size, tokenizer.max_length, dim=16, depth=2, heads=2)
     return TEXT_ENCODERS[kind](config, rngs=nnx.Rngs(seed))
 
 
@@ -60,7 +62,7 @@ def test_only_the_bag_of_words_is_blind_to_word_order(kind, words):
 
 def test_an_lstm_splits_its_width_between_directions(words):
     with pytest.raises(ValueError, match="even dim"):
-        TEXT_ENCODERS["lstm"](TextEncoderConfig(words.vocab_size, dim=15, kind="lstm"), rngs=nnx.Rngs(0))
+        TEXT_ENCODERS["lstm"](TextEncoderConfig(words.vocab_size, dim=15), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown text encoder 'gru'"):
         preset("tiny", 20, text_encoder="gru")
 
@@ -97,66 +99,72 @@ def test_pretraining_learns_to_fill_in_words_and_saves_a_file(tmp_path):
     sentences = [f"a {c} bird with {w} wings" for c in ("red", "blue", "green") for w in ("black", "white")] * 20
     tokens = Tokenizer.from_captions(sentences, max_length=8)
     config = TextEncoderConfig(tokens.vocab_size, 8, dim=32, depth=1, heads=2)
-    run = pretrain(sentences, config, tokens, steps=150, batch_size=32, learning_rate=3e-3, progress=False)
+    training = TrainConfig(steps=150, batch_size=32, learning_rate=3e-3, ema_decay=0.0, log_every=10)
+    run = pretrain(sentences, config, "transformer", tokens, training, progress=False)
     assert run.losses[-1][1] < 0.6 * run.losses[0][1]
     assert run.validation_accuracy > 0.5  # "a", "bird", "with", "wings" are easy; the colours are a guess
-    path = save_text_encoder(tmp_path / "text.npz", run.encoder, tokens, steps=150)
-    loaded_config, loaded_tokens, _ = read_text_encoder_file(path)
-    assert loaded_config == config and loaded_tokens == tokens
+    path = save_text_encoder(tmp_path / "text.npz", run.encoder, "transformer", tokens, steps=150)
+    loaded = read_text_encoder_file(path)
+    assert (loaded.kind, loaded.config, loaded.tokenizer) == ("transformer", config, tokens)
 
 
-def test_a_training_run_is_not_a_text_encoder_file(tmp_path, model, tokenizer, train_config):
-    state = new_train_state(model.config, tokenizer, train_config)
-    from minidiff.machinery.checkpoints import save_run
-    save_run(tmp_path / "run.npz", state)
-    with pytest.raises(CheckpointError, match="not a text encoder checkpoint"):
+def test_a_training_run_is_not_a_text_encoder_file(tmp_path, dataset, model_config, tokenizer, train_config):
+    train(start_run(model_config, train_config), dataset, tokenizer, tmp_path / "run.npz", progress=False)
+    with pytest.raises(CheckpointError, match="is a text-to-image run file, not a text encoder's"):
         read_text_encoder_file(tmp_path / "run.npz")
     with pytest.raises(CheckpointError, match="no text encoder file at .*minidiff pretrain-text"):
         read_text_encoder_file(tmp_path / "missing.npz")
 
 
 @pytest.fixture()
-def frozen_state(model_config, tokenizer, train_config):
-    config = dataclasses.replace(model_config, text=frozen_config(model_config.text))
-    return new_train_state(config, tokenizer, train_config)
+def frozen_config(model_config):
+    return dataclasses.replace(model_config, text_encoder_frozen=True)
 
 
-def test_a_frozen_encoder_gets_no_gradient_and_stays_bit_identical(frozen_state, dataset):
-    model = frozen_state.model
+def test_a_frozen_encoder_gets_no_gradient_and_stays_bit_identical(frozen_config, dataset, tokenizer, train_config):
+    run = start_run(frozen_config, train_config)
+    model = run.model
     before = jax.tree.map(np.array, nnx.state(model.text_encoder))
-    grads = nnx.grad(training_loss, argnums=nnx.DiffState(0, trainable(model.config)))(
-        model, frozen_state.config.noise_schedule(), jnp.zeros((2, 16, 16, 3)),
-        jnp.asarray(frozen_state.tokenizer.encode_batch(["a red flower", "a blue bird"])), jax.random.key(0),
-        frozen_state.config)
+    ids = jnp.asarray(tokenizer.encode_batch(["a red flower", "a blue bird"]))
+    cached, empty = embed_captions(model.text_encoder, np.asarray(ids), tokenizer.empty(1))
+    grads = nnx.grad(lambda m: denoising_loss(m, (jnp.zeros((2, 16, 16, 3)), cached), (empty,), jax.random.key(0))[0],
+                     argnums=nnx.DiffState(0, trainable(model.config)))(model)
     paths = ["/".join(map(str, path)) for path, _ in nnx.to_flat_state(grads)]
     assert paths and not any("text_encoder" in p for p in paths)
-    optimizer_paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(frozen_state.optimizer))]
+    optimizer_paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(run.optimizer))]
     assert not any("text_encoder" in p for p in optimizer_paths)
-    state = train(frozen_state, dataset, progress=False)
-    for module in (state.model, state.ema):
+    run = train(run, dataset, tokenizer, progress=False)
+    for module in (run.model, run.ema):
         after = nnx.state(module.text_encoder)
         assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
     assert not all(np.array_equal(a, b) for a, b in zip(  # while the denoiser did learn
         jax.tree.leaves(nnx.state(create_model(model.config).denoiser, nnx.Param)),
-        jax.tree.leaves(nnx.state(state.model.denoiser, nnx.Param))))
+        jax.tree.leaves(nnx.state(run.model.denoiser, nnx.Param))))
 
 
-def test_cached_caption_embeddings_train_the_same_step(frozen_state):
-    ids = jnp.asarray(frozen_state.tokenizer.encode_batch(["a red flower with a yellow centre", "a blue bird"]))
-    empty = frozen_state.tokenizer.empty(1)
-    cached, cached_empty = embed_captions(frozen_state.model.text_encoder, np.asarray(ids), empty)
+def test_cached_caption_embeddings_train_the_same_step(frozen_config, model_config, tokenizer, train_config):
+    """A frozen model's step on cached embeddings equals an unfrozen model's step on the ids, in the loss (the
+    denoiser reads the same vectors): the cache changes where the encoder runs, not what the denoiser sees."""
+    ids = jnp.asarray(tokenizer.encode_batch(["a red flower with a yellow centre", "a blue bird"]))
+    empty = tokenizer.empty(1)
+    encoder = start_run(frozen_config, train_config).model.text_encoder
+    cached, cached_empty = embed_captions(encoder, np.asarray(ids), empty)
     cached = tuple(map(jnp.asarray, cached))
-    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8))
+    x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
     losses = []
-    for caption, empty_caption in ((ids, jnp.asarray(empty[0])), (cached, cached_empty)):
-        state = new_train_state(frozen_state.model.config, frozen_state.tokenizer, frozen_state.config)
-        losses.append(float(train_step(state.model, state.optimizer, state.ema, state.config.noise_schedule(),
-                                       images, caption, empty_caption, jax.random.key(1), 1e-3, state.config)))
+    for config, captions, empty_caption in ((model_config, ids, jnp.asarray(empty[0])),
+                                            (frozen_config, cached, cached_empty)):
+        run = start_run(config, train_config)
+        static = (denoising_loss, train_config, run.trainable)
+        loss, _ = train_step(run.model, run.optimizer, run.ema, (x0, captions), (empty_caption,), jax.random.key(1),
+                             1e-3, static)
+        losses.append(float(loss))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_an_unfrozen_model_trains_its_encoder(model, train_config):
-    paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(make_optimizer(model, train_config)))]
+def test_an_unfrozen_model_trains_its_encoder(model_config, train_config):
+    run = start_run(model_config, train_config)
+    paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(run.optimizer))]
     assert any("text_encoder" in p for p in paths)
 
 
@@ -169,25 +177,27 @@ def test_pretrain_text_then_train_with_it_frozen(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"a {c} flower with a {d} centre" for c in ("red", "pink", "blue")
                                 for d in ("yellow", "black")) + "\n")
-    text_file = tmp_path / "text.npz"
     assert main(["pretrain-text", "--corpus", str(corpus), "--preset", "tiny", "--min-count", "1", "--steps", "3",
-                 "--batch-size", "4", "--out", str(text_file), "--quiet"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    run = ["train", "--preset", "tiny", "--image-size", "16", "--num-images", "16", "--batch-size", "4", "--steps",
-           "2", "--sample-every", "0", "--out", str(tmp_path / "run"), "--quiet", "--text-encoder-file", str(text_file)]
-    assert main(run + ["--text-encoder", "lstm"]) == 2
+                 "--batch-size", "4", "--out", str(tmp_path / "text"), "--quiet"]) == 0
+    text_file = tmp_path / "text" / "text_encoder.npz"
+    assert f"wrote {text_file}" in capsys.readouterr().out
+    run = ["train", "--recipe", "toy", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet", "--set",
+           "model.preset=tiny", "data.image_size=16", "data.num_images=16", "train.batch_size=4",
+           "train.report_every=0", f"model.text_encoder_file={text_file}"]
+    assert main(run + ["model.text_encoder=lstm"]) == 2
     assert "holds a transformer encoder, not a lstm" in capsys.readouterr().err
     assert main(run) == 0
     assert "a frozen pretrained transformer text encoder" in capsys.readouterr().out
+    assert Checkpoint(tmp_path / "run" / "checkpoint.npz").header["model_config"]["text_encoder_frozen"] is True
     assert main(["pretrain-text", "--corpus", str(tmp_path / "none.txt")]) == 2
     assert "no text corpus at" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backbone", ["unet", "dit"])
 def test_cross_attention_maps_spread_one_unit_over_the_caption_words(backbone, tokenizer):
-    objective = "flow" if backbone == "dit" else "diffusion"
+    process = StraightFlow() if backbone == "dit" else preset("tiny", 10).process
     model = create_model(preset("tiny", tokenizer.vocab_size, image_size=16, max_length=tokenizer.max_length,
-                                backbone=backbone, objective=objective))
+                                backbone=backbone, process=process))
     ids = tokenizer.encode_batch(["a red bird with black wings", "a blue flower"])
     maps = cross_attention_maps(model, np.zeros((2, 16, 16, 3), np.uint8), ids)
     assert list(maps) == [4]  # the tiny U-Net reads the caption at 4x4 (its middle); the DiT on its 4x4 patches

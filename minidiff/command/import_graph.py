@@ -39,7 +39,7 @@ LATER_STAGES = ("superres", "autoencoder", "text_encoders", "dit", "flows")
 ROOMS = ("stages", "machinery", "optimization", "loop", "later", "model", "datasets", "loss", "training", "latents",
          "generator", "recipe", "evaluation", "course", "command")
 # Modules whose room has another name.
-ROOM_OF = {"precision": "optimization"}
+ROOM_OF = {"precision": "optimization", "from_recipe": "recipe"}
 MAX_LINES = 400
 
 

@@ -98,6 +98,11 @@ def add_length_options(p):
 def overrides(args) -> dict:
     """The recipe fields the command line changes: --set's, and the run's length from --steps or --minutes."""
     changed = dict(args.settings)
+    flag = "--minutes" if getattr(args, "minutes", None) is not None else "--steps" if getattr(args, "steps", None) \
+        is not None else None
+    both = sorted({"train.steps", "train.minutes"} & set(changed))
+    if flag and both:
+        raise ValueError(f"{flag} and --set {both[0]} both set the run's length: give one")
     if getattr(args, "minutes", None) is not None:
         changed["train.minutes"] = args.minutes
     if getattr(args, "steps", None) is not None:

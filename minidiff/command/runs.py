@@ -20,13 +20,15 @@ from minidiff.datasets import TOY, CaptionedImages
 from minidiff.evaluation.evaluate import reference_set
 from minidiff.evaluation.metrics import psnr
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
+from minidiff.from_recipe import Trained, check, prepare
 from minidiff.generator import Generator, load
-from minidiff.latents import KIND as AUTOENCODER_RUN, resume_autoencoder_run, start_autoencoder_run, train_autoencoder
+from minidiff.latents import KIND as AUTOENCODER_RUN
+from minidiff.latents import resume_autoencoder_run, start_autoencoder_run, train_autoencoder
 from minidiff.loop import Run
 from minidiff.machinery.checkpoints import Checkpoint, CheckpointError
 from minidiff.machinery.sharding import data_mesh, mesh_for_batch
 from minidiff.model import count_parameters
-from minidiff.recipe import AutoencoderRecipe, Recipe, Trained, check, load_recipe, prepare
+from minidiff.recipe import AutoencoderRecipe, Recipe, load_recipe
 from minidiff.superres import downsample, upsample
 from minidiff.training import KIND, resume_run, saved_run, start_run, train
 
@@ -115,8 +117,8 @@ def resumed_recipe(args, kind: str, file: str) -> tuple[Path, dict]:
     changed = overrides(args)
     other = sorted(set(changed) - length)
     if other:
-        raise ValueError(f"--resume continues the run in {args.out} as it was set; only its length (--steps, --minutes) "
-                         f"may change, not {other[0]}")
+        raise ValueError(f"--resume continues the run in {args.out} as it was set; only its length (--steps, "
+                         f"--minutes) may change, not {other[0]}")
     if not path.is_file():
         raise CheckpointError(f"no run to resume in {args.out}: train one there first (without --resume)")
     (saved,) = Checkpoint(path).fields("train_config", kind=kind)

@@ -21,9 +21,10 @@ import os
 import types
 from pathlib import Path
 
+from minidiff.from_recipe import train_recipe
 from minidiff.generator import Generator, load
 from minidiff.machinery.checkpoints import Checkpoint
-from minidiff.recipe import Recipe, load_recipe, train_recipe
+from minidiff.recipe import Recipe, load_recipe
 
 SMOKE = os.environ.get("MINIDIFF_SMOKE") == "1"
 MODE = "smoke" if SMOKE else "full"
@@ -38,10 +39,10 @@ def chapter_settings(*, smoke: dict, full: dict) -> types.SimpleNamespace:
     return types.SimpleNamespace(**(smoke if SMOKE else full))
 
 
-def chapter_recipe(name: str, overrides: dict | None = None) -> Recipe:
-    """A named recipe (`minidiff.recipe`) in the mode the chapter runs in: its [smoke] table applied in smoke
-    mode, then `overrides`, {"train.steps": 100, ...}, as `--set` gives them."""
-    return load_recipe(name, overrides, smoke=SMOKE)
+def chapter_recipe(name: str, overrides: dict | None = None, trains: str = "text-to-image"):
+    """A named recipe (`minidiff.recipe`) of what it `trains`, in the mode the chapter runs in: its [smoke]
+    table applied in smoke mode, then `overrides`, {"train.steps": 100, ...}, as `--set` gives them."""
+    return load_recipe(name, overrides, smoke=SMOKE, trains=trains)
 
 
 def _finished_run_of(path: Path, recipe: Recipe) -> bool:

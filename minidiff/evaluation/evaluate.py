@@ -32,7 +32,7 @@ from minidiff.generator import Generator
 # What a judge of flowers or birds learns from: every image the evaluation set does not hold, for more
 # steps than the embedded set's judge needs. Trained on the official train split alone (10 images per
 # flower class), it recognised too few real flowers for its verdicts on generated ones to mean much (the
-# README's "Diffusing latents" has its accuracy each way).
+# docs/latents.md has its accuracy each way).
 JUDGE_SPLIT = "all_but_eval"
 JUDGE_STEPS = {"embedded": 800, "real": 2000}
 

@@ -50,7 +50,7 @@ def one_device_per_cpu_core() -> int:
     """Make JAX present the CPU as one device per core; returns the number of CPU devices.
 
     XLA:CPU runs a convolution on about one core, so with the batch split over
-    one device per core, every core works (the README has the measurements).
+    one device per core, every core works (docs/speed.md has the measurements).
     The device count is fixed when JAX starts, so call this before JAX computes
     anything; afterwards, or where the count was chosen already
     ($JAX_NUM_CPU_DEVICES, or --xla_force_host_platform_device_count in

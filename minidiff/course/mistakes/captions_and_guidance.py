@@ -7,12 +7,12 @@ import jax.numpy as jnp
 
 GUIDANCE = {
     "guidance applied to the unconditional branch: that moves away from the caption; "
-    "start from the unconditional output and add scale times (conditional - unconditional)":
-        lambda conditional, unconditional, scale: conditional + scale * (unconditional - conditional),
-    "only the conditional output is scaled: scale x conditional is not an extrapolation":
-        lambda conditional, unconditional, scale: scale * conditional,
-    "the unconditional output is not subtracted: unconditional + scale (conditional - unconditional)":
-        lambda conditional, unconditional, scale: unconditional + scale * conditional,
+    "start from the unconditional output and add guidance times (conditional - unconditional)":
+        lambda conditional, unconditional, guidance: conditional + guidance * (unconditional - conditional),
+    "only the conditional output is scaled: guidance x conditional is not an extrapolation":
+        lambda conditional, unconditional, guidance: guidance * conditional,
+    "the unconditional output is not subtracted: unconditional + guidance (conditional - unconditional)":
+        lambda conditional, unconditional, guidance: unconditional + guidance * conditional,
 }
 
 
@@ -33,6 +33,6 @@ ATTENTION = {
 }
 
 BEST_GUIDANCE = {
-    "that is the scale of the lowest adherence, not the highest":
-        lambda adherence_at, scales: min(scales, key=adherence_at),
+    "that is the guidance of the lowest adherence, not the highest":
+        lambda adherence_at, guidances: min(guidances, key=adherence_at),
 }

@@ -3,7 +3,6 @@ wrong answer it gives (see `minidiff.course.mistakes`)."""
 
 import numpy as np
 
-from minidiff.captions import BOS
 
 def _bird_crop(width, height, box, longer: bool = True, enlarge: float = 1.5, inside: bool = True):
     x, y, w, h = box

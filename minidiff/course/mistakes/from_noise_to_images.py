@@ -1,34 +1,38 @@
 """Chapter 03, From noise to images: the common mistakes of its exercises, each written out as the
-wrong answer it gives (see `minidiff.course.mistakes`)."""
+wrong answer it gives (see `minidiff.course.mistakes`). A noise level is given as alpha and sigma:
+x_t = alpha_t x0 + sigma_t eps."""
 
-import jax.numpy as jnp
 import numpy as np
 
 from minidiff.corruption import per_image
 
 DDIM_STEP = {
-    "the weights of alpha_bar_t, where the step starts: x_s is made with alpha_bar_s, where it goes":
-        lambda xt, x0, eps, alpha_bar_t, alpha_bar_s: jnp.sqrt(alpha_bar_t) * x0 + jnp.sqrt(1 - alpha_bar_t) * eps,
-    "the square roots are missing":
-        lambda xt, x0, eps, alpha_bar_t, alpha_bar_s: alpha_bar_s * x0 + (1 - alpha_bar_s) * eps,
-    "x0 and eps are swapped: sqrt(alpha_bar_s) scales the clean image":
-        lambda xt, x0, eps, alpha_bar_t, alpha_bar_s: jnp.sqrt(alpha_bar_s) * eps + jnp.sqrt(1 - alpha_bar_s) * x0,
+    "the weights of t, where the step starts: x_s is made with alpha_s and sigma_s, the level it lands on":
+        lambda x0, eps, alpha_t, sigma_t, alpha_s, sigma_s: alpha_t * x0 + sigma_t * eps,
+    "x0 and eps are swapped: alpha_s, the signal's scale, multiplies the predicted clean image":
+        lambda x0, eps, alpha_t, sigma_t, alpha_s, sigma_s: alpha_s * eps + sigma_s * x0,
+    "the noise keeps its scale at t: at level s the predicted noise is scaled by sigma_s":
+        lambda x0, eps, alpha_t, sigma_t, alpha_s, sigma_s: alpha_s * x0 + sigma_t * eps,
 }
 
 EPS_FROM_X0 = {
-    "divided by 1 - alpha_bar where its square root belongs":
-        lambda xt, x0, alpha_bar: (xt - jnp.sqrt(per_image(alpha_bar)) * x0) / (1 - per_image(alpha_bar)),
-    "x0 is subtracted without its scale sqrt(alpha_bar)":
-        lambda xt, x0, alpha_bar: (xt - x0) / jnp.sqrt(1 - per_image(alpha_bar)),
-    "alpha_bar and 1 - alpha_bar are swapped":
-        lambda xt, x0, alpha_bar: (xt - jnp.sqrt(1 - per_image(alpha_bar)) * x0) / jnp.sqrt(per_image(alpha_bar)),
+    "divided by sigma squared (1 - alpha_bar): divide by sigma itself, the scale of eps in x_t":
+        lambda xt, x0, alpha, sigma: (xt - per_image(alpha) * x0) / per_image(sigma) ** 2,
+    "x0 is subtracted without its scale alpha":
+        lambda xt, x0, alpha, sigma: (xt - x0) / per_image(sigma),
+    "alpha and sigma are swapped: x_t = alpha x0 + sigma eps":
+        lambda xt, x0, alpha, sigma: (xt - per_image(sigma) * x0) / per_image(alpha),
 }
 
-TIMESTEPS = {
-    "counting up: sampling starts from the noisiest step, T - 1, and walks down to 0":
-        lambda num_train_steps, num_steps: np.round(np.linspace(0, num_train_steps - 1, num_steps)).astype(np.int32),
-    "from T down to 1: the steps are numbered 0 to T - 1":
-        lambda num_train_steps, num_steps: np.round(np.linspace(num_train_steps, 1, num_steps)).astype(np.int32),
-    "truncated, not rounded: astype(int) cuts 713.6 to 713, where the nearest step is 714":
-        lambda num_train_steps, num_steps: np.linspace(num_train_steps - 1, 0, num_steps).astype(np.int32),
+TIME_GRID = {
+    "counting up: a sampler starts from pure noise, t = 1, and walks down towards the image":
+        lambda sampling_steps: np.linspace(0, 1, sampling_steps + 1)[1:],
+    "t = 0 is among the levels: that makes N + 1 of them, and at t = 0 there is no noise left to remove":
+        lambda sampling_steps: np.linspace(1, 0, sampling_steps + 1),
+    "np.linspace(1, 0, N) spaces the levels 1 / (N - 1) apart and ends at t = 0: the N uniform levels are "
+    "1 / N apart, and the last is one step above t = 0":
+        lambda sampling_steps: np.linspace(1, 0, sampling_steps),
+    "the first level is one step below pure noise: the sampler starts at t = 1, where its noise is all there is, "
+    "and never visits t = 0":
+        lambda sampling_steps: np.linspace(1, 0, sampling_steps + 1)[1:],
 }

@@ -10,13 +10,13 @@ INTERPOLATE = {
         lambda x0, eps, t: per_image(t) * x0 + (1 - per_image(t)) * eps,
 }
 
-HEUN_STEP = {
-    "Euler's step, without the correction: average the velocities at both ends":
-        lambda velocity_at, x, velocity, t, s: x + (s - t) * velocity,
-    "the trial's velocity alone: Heun averages it with the velocity at the start":
-        lambda velocity_at, x, velocity, t, s: x + (s - t) * velocity_at(x + (s - t) * velocity, s),
-    "the trial's velocity is asked at time t: the trial point lies at time s":
-        lambda velocity_at, x, velocity, t, s: x + (s - t) * 0.5 * (velocity + velocity_at(x + (s - t) * velocity, t)),
+X0_AND_EPS = {
+    "the signs are flipped: v = eps - x0 points from the data to the noise, so x0 lies behind x_t, x_t - sigma v":
+        lambda velocity, xt, alpha, sigma: (xt + per_image(sigma) * velocity, xt - per_image(alpha) * velocity),
+    "alpha and sigma are swapped: x0 lies sigma v (t v) back from x_t, and eps alpha v ((1 - t) v) ahead of it":
+        lambda velocity, xt, alpha, sigma: (xt - per_image(alpha) * velocity, xt + per_image(sigma) * velocity),
+    "alpha and sigma multiply along the last axis, the channels: give them one value per image, (B, 1, 1, 1)":
+        lambda velocity, xt, alpha, sigma: (xt - sigma * velocity, xt + alpha * velocity),
 }
 
 LOGIT_NORMAL_TIMES = {
