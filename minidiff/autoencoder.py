@@ -200,13 +200,14 @@ class Autoencoder(nnx.Module):
         return jnp.clip(self.decoder(latents / self.latent_scale[...]), -1.0, 1.0)
 
 
-def autoencoder_loss(model: Autoencoder, images, key):
+def autoencoder_loss(model: Autoencoder, images, key, dtype=jnp.float32):
     """Mean absolute error of the reconstruction plus kl_weight times the KL term, both per pixel value
     (so kl_weight means what it means in Rombach et al.'s code, where both are sums per image).
     L1 rather than L2: a squared error forgives small errors everywhere and blurs (Isola et al. 2017,
     sec. 3.1). Rombach et al. add a perceptual and an adversarial term; neither is here (a perceptual
-    loss needs a pretrained network). Returns (loss, (reconstruction L1, KL per image))."""
-    reconstruction, mean, log_variance = model(images, key)
+    loss needs a pretrained network). The network runs in `dtype` (bfloat16 under mixed precision), the
+    loss in float32. Returns (loss, (reconstruction L1, KL per image))."""
+    reconstruction, mean, log_variance = (out.astype(jnp.float32) for out in model(images.astype(dtype), key))
     l1 = jnp.mean(jnp.abs(reconstruction - images))
     kl = jnp.mean(kl_to_standard_normal(mean, log_variance))
     return l1 + model.config.kl_weight * kl / images[0].size, (l1, kl)

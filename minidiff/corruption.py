@@ -271,6 +271,8 @@ def loss_weight(weighting: str, prediction: str, snr_t, gamma: float):
 #   target(x0, eps, alpha, sigma)  -> what the network regresses;  loss_weight(alpha, sigma) -> (B,)
 #   x0_and_eps(output, x, alpha, sigma) -> what a network output says of the clean image and the noise
 #   alpha_sigma(t), time_of(noise_to_signal), t_min  -> the noise levels a sampler visits (on the host)
+#   kind, prediction, solver_spacing  -> its name, what its network predicts, the levels its ODE is best
+#                                        solved on by a second-order solver
 #
 # Time runs from t = 0 (the clean image) to t = 1 (pure noise), and the network is
 # told t: for diffusion t = (step + 1) / T, so that step T - 1 is t = 1.
@@ -336,7 +338,8 @@ class Diffusion:
 
     @property
     def t_min(self) -> float:
-        """The least noisy time the network was trained at: the first step, t = 1 / T."""
+        """The least noisy level a sampler visits: the first step, t = 1 / T, the least noisy the network was
+        trained at."""
         return 1.0 / self.num_timesteps
 
     def _log_alpha_bar(self) -> tuple[np.ndarray, np.ndarray]:

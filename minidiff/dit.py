@@ -16,7 +16,7 @@ cannot tell them apart:
   - x_t, the noisy image, (B, H, W, C), and the noise level t in [0, 1], (B,),
   - the caption as token embeddings (B, L, D), their mask (B, L) and a pooled
     summary (B, D),
-and predicts what the model's objective asks for, shaped like x_t.
+and predicts what the model's process asks for, shaped like x_t.
 
 Text enters twice. Each block has a cross-attention from its patches to the
 caption's tokens, as in PixArt-α (Chen et al. 2023, sec. 2.3), the DiT made

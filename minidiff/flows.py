@@ -41,9 +41,9 @@ from minidiff.corruption import per_image
 
 VELOCITY = "velocity"  # what a flow's network predicts: eps - x0
 TIME_SAMPLINGS = ("logit_normal", "uniform")
-# The least noisy level a sampler visits, as sigma / alpha (Karras et al. 2022, Table 1): the path
-# itself goes on to t = 0, where there is nothing left to remove.
-SIGMA_MIN = 0.002
+# The least noisy level a sampler visits, as a noise-to-signal ratio sigma / alpha (Karras et al. 2022,
+# Table 1, their sigma_min): the path itself goes on to t = 0, where there is nothing left to remove.
+NOISE_TO_SIGNAL_MIN = 0.002
 
 
 def interpolate(x0, eps, t):
@@ -95,7 +95,8 @@ class StraightFlow:
     def x0_and_eps(self, output, xt, alpha, sigma):
         return xt - per_image(sigma) * output, xt + per_image(alpha) * output
 
-    t_min: ClassVar[float] = SIGMA_MIN / (1.0 + SIGMA_MIN)
+    # The least noisy level a sampler visits: below it there is next to nothing left to remove.
+    t_min: ClassVar[float] = NOISE_TO_SIGNAL_MIN / (1.0 + NOISE_TO_SIGNAL_MIN)
 
     def alpha_sigma(self, t) -> tuple[np.ndarray, np.ndarray]:
         t = np.asarray(t, np.float64)

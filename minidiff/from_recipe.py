@@ -20,8 +20,8 @@ from minidiff.generator import Generator
 from minidiff.latents import autoencoder_identity, latent_dataset
 from minidiff.loop import Run
 from minidiff.machinery.checkpoints import Checkpoint
-from minidiff.model import ModelConfig, preset
-from minidiff.recipe import Recipe
+from minidiff.model import BACKBONES, ModelConfig, preset
+from minidiff.recipe import Recipe, config_fields
 from minidiff.text_encoders.frozen import read_text_encoder_file
 from minidiff.training import start_run, train
 
@@ -43,7 +43,14 @@ class Prepared:
 def model_config(recipe: Recipe, tokenizer: Tokenizer, autoencoder: Autoencoder | None = None) -> ModelConfig:
     """The model `recipe` asks for, reading `tokenizer`'s words; a latent model works on `autoencoder`'s latents."""
     settings = recipe.model
-    denoiser = {name: tuple(value) if isinstance(value, list) else value for name, value in settings.denoiser.items()}
+    config_class = BACKBONES[settings.backbone][0]
+    made_here = sorted({"image_size", "in_channels", "out_channels"} & set(settings.denoiser))
+    if made_here:
+        raise ValueError(f"model.denoiser.{made_here[0]} is the model's own: set data.image_size, or, for a latent "
+                         "model, its autoencoder")
+    given = {name: value for name, value in settings.denoiser.items() if name in config_class.__dataclass_fields__}
+    denoiser = config_fields(config_class, given, "model.denoiser")  # each checked against its type
+    denoiser |= {name: value for name, value in settings.denoiser.items() if name not in given}  # preset refuses these
     size, channels, latent = recipe.data.image_size, 3, {}
     if settings.autoencoder:
         if autoencoder is None:
@@ -60,6 +67,9 @@ def model_config(recipe: Recipe, tokenizer: Tokenizer, autoencoder: Autoencoder 
         if settings.text_encoder not in (None, pretrained.kind):
             raise ValueError(f"model.text_encoder_file holds a {pretrained.kind} encoder, not a "
                              f"{settings.text_encoder}: drop model.text_encoder")
+        if "caption_dim" in denoiser:
+            raise ValueError("the denoiser reads the pretrained encoder's vectors, of its own width: drop "
+                             "model.denoiser.caption_dim")
         denoiser["caption_dim"], kind = pretrained.config.dim, pretrained.kind
         text = {"text": pretrained.config, "text_encoder_frozen": True}
     config = preset(settings.preset, tokenizer.vocab_size, image_size=size, max_length=tokenizer.max_length,
@@ -70,9 +80,12 @@ def model_config(recipe: Recipe, tokenizer: Tokenizer, autoencoder: Autoencoder 
 
 def check(recipe: Recipe) -> None:
     """Everything about `recipe` that can be checked before its data is loaded: its model's config (with the
-    special tokens for a vocabulary) and the files it names."""
+    special tokens for a vocabulary), the files it names, and its sampling settings for that model."""
     autoencoder = load_autoencoder(recipe.model.autoencoder) if recipe.model.autoencoder else None
-    model_config(recipe, Tokenizer(SPECIAL_TOKENS), autoencoder)
+    config = model_config(recipe, Tokenizer(SPECIAL_TOKENS), autoencoder)
+    if config.latent and recipe.sample.x0_clipping not in (None, "none"):
+        raise ValueError(f"a latent model's x0 is a latent, with no range to clip to: sample.x0_clipping must be none, "
+                         f"got {recipe.sample.x0_clipping}")
 
 
 def prepare(recipe: Recipe, data_dir=None, use_cache: bool = True, download: bool = False,

@@ -37,8 +37,8 @@ KIND = "autoencoder run"
 
 def _training_loss(model: Autoencoder, batch, constants, key, dtype):
     (images,) = batch
-    loss, (l1, kl) = autoencoder_loss(model, images.astype(dtype), key)
-    return loss.astype(jnp.float32), {"l1": l1.astype(jnp.float32), "kl": kl.astype(jnp.float32)}
+    loss, (l1, kl) = autoencoder_loss(model, images, key, dtype)
+    return loss, {"l1": l1, "kl": kl}
 
 
 @nnx.jit
@@ -116,7 +116,7 @@ def latent_dataset(dataset: CaptionedImages, autoencoder: Autoencoder, autoencod
     a mirrored latent is not exactly the latent of the mirrored image."""
     if dataset.image_size != autoencoder.config.image_size:
         raise ValueError(f"the autoencoder encodes {autoencoder.config.image_size} px images, but the dataset's are "
-                         f"{dataset.image_size} px: load it at --image-size {autoencoder.config.image_size}")
+                         f"{dataset.image_size} px: load it at data.image_size = {autoencoder.config.image_size}")
     key = hashlib.sha256(autoencoder_sha256.encode() + hashlib.sha256(dataset.images.tobytes()).digest())
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"latents-{dataset.name}-{len(dataset)}x{dataset.image_size}px-{key.hexdigest()[:16]}.npy"

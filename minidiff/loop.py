@@ -44,7 +44,7 @@ from minidiff.precision import PRECISIONS, compute_dtype, in_bfloat16
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000  # the run's length, unless it has a budget in minutes
-    minutes: float = 0.0  # a budget of training time (compiling and reports not counted); 0 = none, use steps
+    minutes: float = 0.0  # a budget of training time (compiling, reports, saving not counted); 0 = none: steps
     batch_size: int = 64
     learning_rate: float = 1e-3  # the peak of `optimization.learning_rate_at`
     warmup: float = 0.05  # the fraction of the run over which the learning rate climbs from 0
@@ -93,7 +93,7 @@ class Task:
 
     `loss(model, batch, constants, key, dtype) -> (loss, metrics)` is a plain function of module
     level, set as `loss = staticmethod(...)` (the compiled step is shared by every run that has
-    the same one): `batch` is what
+    the same one, the same modules and precision): `batch` is what
     `batch(step)` returns, a tuple of arrays of `batch_size` rows, split over the devices;
     `constants`, what `constants()` returns once, replicated; `dtype` the compute type of the
     run's precision; `metrics` a dict of scalars recorded beside the loss. `kind` and `header()`
@@ -180,22 +180,23 @@ def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> np.
 
 def train_step(model, optimizer, ema, batch, constants, key, learning_rate, static):
     """One optimisation step at `learning_rate`; returns (loss, metrics). Updates the modules in place.
-    `static` is (the task's loss, the TrainConfig, the trainable filter).
+    `static` is (the task's loss, the precision, the EMA's decay, the trainable filter): what the compiled
+    program depends on, and nothing else of the run's settings.
 
     Plain Python: `train` runs it compiled, as a `machinery.compiled_step.CompiledStep`."""
-    loss_fn, config, trainable = static
+    loss_fn, precision, ema_decay, trainable = static
 
-    def objective(model):
-        computing = in_bfloat16(model) if config.precision == "bfloat16" else model
-        return loss_fn(computing, batch, constants, key, compute_dtype(config.precision))
+    def loss_of(model):
+        computing = in_bfloat16(model) if precision == "bfloat16" else model
+        return loss_fn(computing, batch, constants, key, compute_dtype(precision))
 
     # Only the trainable parameters are differentiated: a frozen part gets no gradient at all.
-    (loss, metrics), grads = nnx.value_and_grad(objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
+    (loss, metrics), grads = nnx.value_and_grad(loss_of, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     optimizer.update(model, grads, learning_rate=learning_rate)
     if ema is not None:
         # With a warm-up: early on, average over fewer steps (as in Karras et al. 2022's EDM code).
         step = optimizer.step[...]
-        decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
+        decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         averaged = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, nnx.state(ema, trainable),
                                 nnx.state(model, trainable))
         nnx.update(ema, averaged)
@@ -204,7 +205,8 @@ def train_step(model, optimizer, ema, batch, constants, key, learning_rate, stat
 
 def compiled_step(run: Run, task: Task) -> CompiledStep:
     """`train_step` on the run's modules, compiled: what `train` calls each step."""
-    return CompiledStep(train_step, (run.model, run.optimizer, run.ema), (task.loss, run.config, run.trainable))
+    static = (task.loss, run.config.precision, run.config.ema_decay, run.trainable)
+    return CompiledStep(train_step, (run.model, run.optimizer, run.ema), static)
 
 
 # --- Checkpoints -----------------------------------------------------------------------
@@ -253,9 +255,9 @@ def _checked(pending, config: TrainConfig) -> list[dict]:
     """The losses and metrics of the last steps, read back from the device; a NaN or infinity stops the run."""
     entries = [{"step": step, "loss": float(loss), **{k: float(v) for k, v in metrics.items()}}
                for step, (loss, metrics) in pending]
-    bad = [entry["step"] for entry in entries if not np.isfinite(entry["loss"])]
+    bad = [entry for entry in entries if not np.isfinite(entry["loss"])]
     if bad:
-        raise TrainingDiverged(f"the loss became {entries[-1]['loss']} at step {bad[0]}; lower the learning rate "
+        raise TrainingDiverged(f"the loss became {bad[0]['loss']} at step {bad[0]['step']}; lower the learning rate "
                                f"(now {config.learning_rate}) or the gradient clip (now {config.grad_clip})")
     return entries
 
@@ -274,8 +276,9 @@ def train(run: Run, task: Task, checkpoint=None, on_report=None, progress: bool 
     replicated: data-parallel training.
 
     The time trained is read off `clock` (seconds). Neither the first step of each call, which
-    compiles the program, nor a report is counted. So a run with a budget is not reproducible
-    to the bit: how many steps it makes, and at which learning rates, depend on the machine.
+    compiles the program, nor a report, nor a checkpoint's writing is counted. So a run with a
+    budget is not reproducible to the bit: how many steps it makes, and at which learning rates,
+    depend on the machine.
     """
     config = run.config
     if config.minutes and jax.process_count() > 1:
@@ -296,7 +299,19 @@ def train(run: Run, task: Task, checkpoint=None, on_report=None, progress: bool 
     shown = Progress(round(60 * budget) if budget else config.steps, task.description, unit="s" if budget else "step",
                      initial=round(run.trained_seconds) if budget else run.step, enabled=progress)
     first_step, last_time = run.step, clock()
-    window_start = (run.step, run.trained_seconds)  # where the speed shown is measured from
+    window_start = [run.step, run.trained_seconds]  # where the speed shown is measured from
+
+    def read_back():
+        """Read the pending losses back (which waits for the device) into the history, and show them."""
+        run.history.extend(_checked(pending, config))
+        pending.clear()
+        steps, seconds = run.step - window_start[0], run.trained_seconds - window_start[1]
+        speed = steps * config.batch_size / seconds if seconds > 0 else float("nan")
+        shown.update(round(run.trained_seconds) if budget else run.step, **({"step": run.step} if budget else {}),
+                     **{name: f"{value:.4g}" for name, value in run.history[-1].items() if name != "step"},
+                     **{f"{task.unit}/s": f"{speed:.0f}"})
+        window_start[:] = [run.step, run.trained_seconds]
+
     try:
         while run.progress < 1.0:
             step = run.step
@@ -308,6 +323,8 @@ def train(run: Run, task: Task, checkpoint=None, on_report=None, progress: bool 
                 last_time = clock()
             run.step += 1
             pending.append((run.step, result))
+            if len(pending) >= config.log_every:
+                read_back()  # before the clock: the time the device still needed is training time too
             now = clock()
             run.trained_seconds += now - last_time
             last_time = now
@@ -315,19 +332,8 @@ def train(run: Run, task: Task, checkpoint=None, on_report=None, progress: bool 
             done = run.progress >= 1.0
             save = checkpoint is not None and (done or _every(run.step, config.checkpoint_every))
             report = on_report is not None and (done or _every(run.step, config.report_every))
-            if len(pending) >= config.log_every or save or report or done:
-                # Every loss is checked before anything is saved, so a NaN never reaches a checkpoint.
-                entries = _checked(pending, config)
-                pending.clear()
-                run.history.extend(entries)
-                steps, seconds = run.step - window_start[0], run.trained_seconds - window_start[1]
-                speed = steps * config.batch_size / seconds if seconds > 0 else float("nan")
-                shown.update(round(run.trained_seconds) if budget else run.step,
-                             **({"step": run.step} if budget else {}),
-                             **{name: f"{np.mean([e[name] for e in entries]):.4g}" for name in entries[-1]
-                                if name != "step"},
-                             **{f"{task.unit}/s": f"{speed:.0f}"})
-                window_start = (run.step, run.trained_seconds)
+            if pending and (save or report or done):
+                read_back()  # every loss is checked before anything is saved: a NaN never reaches a checkpoint
             if save or report:
                 step_on_device.sync()
             if save:

@@ -24,8 +24,8 @@ from minidiff.superres import training_condition
 def drop_captions(key, captions, empty_caption, probability: float):
     """Replace each caption of a batch by the empty caption with the given probability.
 
-    A caption is token ids (B, L), with the empty one's (L,); or, under a frozen text encoder,
-    its cached embeddings, a tuple of (B, ...) arrays with the empty one's ((...) each)."""
+    A caption is a tuple of arrays: its token ids ((B, L), the empty one's (L,)); or, under a frozen text
+    encoder, its cached embeddings ((B, ...) each, the empty one's (...))."""
     drop = jax.random.uniform(key, (jax.tree.leaves(captions)[0].shape[0],)) < probability  # (B,)
 
     def chosen(empty, given):  # empty: one caption's array, given: the batch's
@@ -35,15 +35,15 @@ def drop_captions(key, captions, empty_caption, probability: float):
 
 
 def caption_embeddings(model, captions):
-    """What the denoiser reads of the captions: the text encoder's output for token ids; under a frozen
-    encoder, whose output never changes, the embeddings cached once for the whole dataset
-    (`minidiff.text_encoders.frozen.embed_captions`) are what the batch holds."""
-    return tuple(captions) if model.config.text_encoder_frozen else model.encode_captions(captions)
+    """What the denoiser reads of the captions: the text encoder's output for their token ids (captions =
+    (ids,)); under a frozen encoder, whose output never changes, the embeddings cached once for the whole
+    dataset (`minidiff.text_encoders.frozen.embed_captions`), which are what the batch holds."""
+    return tuple(captions) if model.config.text_encoder_frozen else model.encode_captions(*captions)
 
 
 def denoising_loss(model, batch, constants, key, dtype=jnp.float32):
-    """The loss on one batch: `batch` = (x0 (B, H, W, C) in the model's range, captions), `constants` =
-    (the empty caption,); the network runs on x_t in `dtype` (bfloat16 under mixed precision, with the model
+    """The loss on one batch: `batch` = (x0 (B, H, W, C) in the model's range, captions (`drop_captions`)),
+    `constants` = (the empty caption,); the network runs on x_t in `dtype` (bfloat16 under mixed precision, with the model
     cast by the loop). Returns (loss, no metrics)."""
     x0, captions = batch
     (empty_caption,) = constants

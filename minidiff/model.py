@@ -14,7 +14,7 @@ words; frozen if pretrained on text alone), the denoiser's backbone (a U-Net,
 in an `Upscaler` for a cascade's later stage (`minidiff.superres`), and the
 process it learns to undo (diffusion, `minidiff.corruption`, or a straight-line
 flow, `minidiff.flows`). Presets are named sizes: `tiny` for tests, `small`
-for a CPU demo in minutes, `base` for a GPU; a DiT preset costs about the
+for a CPU in minutes, `base` for a GPU; a DiT preset costs about the
 FLOPs of the U-Net preset of the same name.
 """
 
@@ -163,6 +163,9 @@ def preset(name: str, vocab_size: int, image_size: int = 32, max_length: int = 3
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}: choose one of {tuple(BACKBONES)}")
     config_class = BACKBONES[backbone][0]
+    made_here = sorted({"in_channels", "out_channels"} & set(denoiser_settings))
+    if made_here:
+        raise ValueError(f"the denoiser's {made_here[0]} follows from `channels` and `upscale_from`")
     unknown = set(denoiser_settings) - {f.name for f in dataclasses.fields(config_class)}
     if unknown:
         raise ValueError(f"a {backbone} has no setting {', '.join(sorted(unknown))}; its settings: "

@@ -229,7 +229,8 @@ def load_recipe(name: str, overrides: dict | None = None, smoke: bool = False,
     if smoke:
         _check_tables(smoke_tables, sections, f"{path}'s [smoke]")
         for section, fields in smoke_tables.items():
-            tables.setdefault(section, {}).update(copy.deepcopy(fields))
+            for key, value in fields.items():
+                _set(tables, sections, f"{section}.{key}", copy.deepcopy(value))
     for key, value in (overrides or {}).items():
         _set(tables, sections, key, value)
     return _build(Path(name).stem, description, trains, tables)
@@ -247,7 +248,10 @@ def _set(tables: dict, sections: dict, key: str, value) -> None:
     if section not in sections or not field:
         raise RecipeError(f"{key!r} names no recipe field: give TABLE.FIELD, TABLE one of {', '.join(sections)} "
                           "(e.g. train.batch_size=16)")
-    if section == "model" and field.startswith("denoiser."):
+    if section == "model" and field == "denoiser" and isinstance(value, dict):  # a [model.denoiser] table
+        for key, item in value.items():
+            _set(tables, sections, f"model.denoiser.{key}", item)
+    elif section == "model" and field.startswith("denoiser."):
         tables.setdefault("model", {}).setdefault("denoiser", {})[field.removeprefix("denoiser.")] = value
     else:
         tables.setdefault(section, {})[field] = value
@@ -266,18 +270,23 @@ def _build(name: str, description: str, trains: str, tables: dict) -> Recipe | A
     return Recipe(name=name, description=description, **built)
 
 
+def config_fields(config_class, fields: dict, section: str) -> dict:
+    """`fields` of the dataclass `config_class`, each value checked against (and made) its field's type:
+    a whole number where a float is asked, a tuple where a list is given."""
+    hints = typing.get_type_hints(config_class)
+    return {name: _typed(value, hints[name], f"{section}.{name}") for name, value in fields.items()}
+
+
 def _config(config_class, fields: dict, section: str, what: str | None = None):
     """`config_class(**fields)`, each value checked against its field's type; a clear error otherwise.
     `what` names the config where a table's fields depend on its kind (the process's)."""
-    hints = typing.get_type_hints(config_class)
     known = [f.name for f in dataclasses.fields(config_class)]
-    values = {}
-    for name, value in fields.items():
+    for name in fields:
         if name not in known:
             has = f"{what} has" if what else f"[{section}] has"
             raise RecipeError(f"{section}.{name} is not a setting {'of ' + what if what else 'here'}; {has} "
                               f"{', '.join(['kind'] * bool(what) + known)}")
-        values[name] = _typed(value, hints[name], f"{section}.{name}")
+    values = config_fields(config_class, fields, section)
     try:
         return config_class(**values)
     except ValueError as error:

@@ -62,10 +62,10 @@ SPACINGS = ("uniform", "karras")
 # What is done to each x0 prediction: clip to [-1, 1], scale each image back into range, or nothing.
 X0_CLIPPINGS = ("static", "dynamic", "none")
 DYNAMIC_THRESHOLD_PERCENTILE = 99.5  # Imagen's p (Saharia et al. 2022, sec. 2.3)
-# Karras et al. 2022 (Table 1) start their solvers at sigma / alpha = 80: beyond it an image is pure
-# noise for any purpose, while the cosine schedule's last step reaches about 20,000, and a flow's
-# infinity, and steps up there would be wasted.
-SIGMA_MAX = 80.0
+# Karras et al. 2022 (Table 1) start their solvers at a noise-to-signal ratio sigma / alpha of 80 (their
+# sigma_max): beyond it an image is pure noise for any purpose, while the cosine schedule's last step
+# reaches about 20,000, and a flow's infinity, and steps up there would be wasted.
+NOISE_TO_SIGNAL_MAX = 80.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,15 +138,15 @@ def dynamic_threshold(x0_pred, percentile: float = DYNAMIC_THRESHOLD_PERCENTILE)
 # --- Noise levels ----------------------------------------------------------------------
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, count: int, rho: float = 7.0) -> np.ndarray:
-    """sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+def karras_noise_to_signal(lowest: float, highest: float, count: int, rho: float = 7.0) -> np.ndarray:
+    """k_i = (k_max^(1/rho) + i / (N - 1) (k_min^(1/rho) - k_max^(1/rho)))^rho, highest first.
 
-    Karras et al. 2022, eq. 5: evenly spaced in sigma^(1/rho), so with rho = 7
-    most steps are spent at low noise, where the image's detail is decided.
-    Here sigma is the noise-to-signal ratio sigma / alpha of a process.
+    Karras et al. 2022, eq. 5, whose sigma is the noise-to-signal ratio k = sigma / alpha of a process
+    (here sigma is x_t's noise scale): evenly spaced in k^(1/rho), so with rho = 7 most steps are spent
+    at low noise, where the image's detail is decided.
     """
     ramp = np.linspace(0.0, 1.0, count)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return (highest ** (1 / rho) + ramp * (lowest ** (1 / rho) - highest ** (1 / rho))) ** rho
 
 
 def noise_to_signal(process, t) -> np.ndarray:
@@ -167,10 +167,15 @@ def spacing_of(process, settings: SamplerSettings) -> str:
 def time_grid(process, spacing: str, count: int) -> np.ndarray:
     """The `count` times a sampler visits, noisiest first, on the host in float64."""
     if spacing == "uniform":
-        return np.linspace(1.0, 0.0, count + 1)[:-1]
+        times = np.linspace(1.0, 0.0, count + 1)[:-1]
+        if times[-1] < process.t_min * (1 - 1e-9):
+            raise ValueError(f"{count} uniform steps go below the least noisy level this process was trained at "
+                             f"(t = {process.t_min:g}): take at most {int(round(1 / process.t_min))}")
+        return times
     if spacing == "karras":
-        highest = min(float(noise_to_signal(process, 1.0)), SIGMA_MAX)
-        return process.time_of(karras_sigmas(float(noise_to_signal(process, process.t_min)), highest, count))
+        highest = min(float(noise_to_signal(process, 1.0)), NOISE_TO_SIGNAL_MAX)
+        lowest = float(noise_to_signal(process, process.t_min))
+        return process.time_of(karras_noise_to_signal(lowest, highest, count))
     raise ValueError(f"unknown spacing {spacing!r}: choose one of {SPACINGS}")
 
 
@@ -240,7 +245,9 @@ def dpm_solver_2m_step(x, x0_pred, previous_x0, alpha_t, sigma_t, alpha_s, sigma
     alpha_s (1 - e^-h) x0 (that is DDIM). The 2M step instead extrapolates x0 linearly in
     lambda from the previous step's prediction: D = (1 + 1 / 2r) x0 - (1 / 2r) x0_previous,
     r = h_previous / h. On the first step (previous_h = 0) it is plain DDIM. From pure
-    noise (alpha_t = 0) h is infinite and the step is DDIM's, as the formula says.
+    noise (alpha_t = 0, a flow's t = 1) h is infinite and the step is DDIM's, as the formula
+    says; so is the next one, whose r is infinite too: the solver is second order from its
+    third level on.
     """
     h = jnp.log(alpha_s / sigma_s) - jnp.log(alpha_t / sigma_t)
     r = jnp.where(previous_h > 0, previous_h / h, 1.0)
@@ -284,6 +291,8 @@ def _sample_loop(model, process, levels, caption_ids, empty_ids, conditioning, k
             x, h = dpm_solver_2m_step(x, x0_pred, previous_x0, alpha_t, sigma_t, alpha_s, sigma_s, previous_h)
         return (x, key, x0_pred, h), (Trajectory(carry[0], x0_pred) if keep_trajectory else None)
 
+    # levels: t, alpha, sigma, each (N,); the carry: x (B, H, W, C), the key, the previous x0 prediction
+    # (B, H, W, C) and step h (DPM-Solver++'s).
     # Noise of the spread x_t has at the first level for data of unit variance: sqrt(alpha^2 + sigma^2).
     times, alphas, sigmas = levels
     x = noise * jnp.sqrt(alphas[0] ** 2 + sigmas[0] ** 2)

@@ -14,8 +14,6 @@ permutation), which of each image's captions, and which images are mirrored
 (where the dataset's captions allow it).
 """
 
-import numpy as np
-
 from minidiff.captions import Tokenizer
 from minidiff.datasets.base import CaptionedImages, caption_choices, model_inputs, tokenize_dataset
 from minidiff.loop import Run, Task, TrainConfig, batch_indices, new_run, restore_run, resumed_config
@@ -47,18 +45,19 @@ class TextToImageTraining(Task):
                              f"this dataset holds {'latents' if dataset.latent else 'pixels'}")
         self.dataset, self.config, self.tokenizer, self.recipe = dataset, config, tokenizer, recipe
         self.model_config = model.config
-        self.ids, self.counts = tokenize_dataset(dataset, tokenizer)  # (N, captions per image, L), (N,)
+        ids, self.counts = tokenize_dataset(dataset, tokenizer)  # (N, captions per image, L), (N,)
+        # A caption is a tuple of arrays: its token ids; or, under a frozen text encoder, its embeddings
+        # (tokens, mask, pooled), every caption encoded once, the empty one too.
         empty = tokenizer.empty(1)
-        self.captions, self.empty = self.ids, empty[0]
-        if model.config.text_encoder_frozen:  # every caption encoded once, the empty one too
-            self.captions, self.empty = embed_captions(model.text_encoder, self.ids, empty)
+        self.captions, self.empty = (ids,), (empty[0],)
+        if model.config.text_encoder_frozen:
+            self.captions, self.empty = embed_captions(model.text_encoder, ids, empty)
 
     def batch(self, step: int) -> tuple:
         seed, batch_size = self.config.seed, self.config.batch_size
         index = batch_indices(len(self.dataset), batch_size, seed, step)
         choice = caption_choices(self.counts[index], seed, step)
-        captions = (self.captions[index, choice] if isinstance(self.captions, np.ndarray)
-                    else tuple(e[index, choice] for e in self.captions))
+        captions = tuple(part[index, choice] for part in self.captions)
         return model_inputs(self.dataset, index, seed, step), captions
 
     def constants(self) -> tuple:

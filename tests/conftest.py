@@ -4,6 +4,7 @@ kind, made once per test session; and a persistent compilation cache."""
 import contextlib
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,9 @@ def model(model_config):
 
 # Two steps of the tiny models on 32 images of the embedded set: what the command and the generator are
 # tested on. Each is `minidiff train` (or train-autoencoder) as a user types it.
-TINY = ["--steps", "2", "--quiet", "--set", "data.num_images=32", "train.batch_size=4"]
+TINY = ["--steps", "2", "--quiet", "--set", "data.num_images=32", "train.batch_size=4", "sample.sampling_steps=2"]
 RUNS = {
-    "unet": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=16", "train.report_every=0",
+    "unet": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=16",
              "model.denoiser.attention_resolutions=[8,4]"],
     "dit": ["train", "--recipe", "demo", *TINY, "data.image_size=16"],
     "upscaler": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=32", "model.upscale_from=16",
@@ -68,33 +69,51 @@ RUNS = {
 }
 
 
-def _make_runs(folder: Path) -> None:
-    before = os.environ.get("MINIDIFF_CACHE_DIR")
-    os.environ["MINIDIFF_CACHE_DIR"] = str(folder / "cache")  # latents cached here, not in the user's cache
-    try:
-        for name, args in RUNS.items():
-            printed = io.StringIO()
+# A run that needs another's file: the latent model, its autoencoder.
+NEEDS = {"latent": "autoencoder"}
+
+
+class TrainedRuns(Mapping):
+    """The folders of the small runs of `RUNS`, each trained the first time a test asks for it, once per test
+    session, and shared by the tests and by pytest's workers: the first worker to ask trains it (under a
+    lock), the others wait and read it. Each folder holds what the command wrote, and printed.txt, what it
+    printed. Tests read them; a test that changes a run copies it first."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __getitem__(self, name: str) -> Path:
+        folder = self.root / name
+        with FileLock(str(self.root / f"{name}.lock")):
+            if not (folder / "done").is_file():
+                if name in NEEDS:
+                    self[NEEDS[name]]
+                self._train(name, folder)
+                (folder / "done").write_text("")
+        return folder
+
+    def _train(self, name: str, folder: Path) -> None:
+        before = os.environ.get("MINIDIFF_CACHE_DIR")
+        os.environ["MINIDIFF_CACHE_DIR"] = str(self.root / "cache")  # latents cached here, not in the user's cache
+        printed = io.StringIO()
+        try:
             with contextlib.redirect_stdout(printed):
-                code = main([arg.format(autoencoder=folder / "autoencoder") for arg in args]
-                            + ["--out", str(folder / name)])
-            (folder / name / "printed.txt").write_text(printed.getvalue())
-            assert code == 0, (name, printed.getvalue())
-    finally:
-        os.environ.pop("MINIDIFF_CACHE_DIR") if before is None else os.environ.update(MINIDIFF_CACHE_DIR=before)
+                code = main([arg.format(autoencoder=self.root / "autoencoder") for arg in RUNS[name]]
+                            + ["--out", str(folder)])
+        finally:
+            os.environ.pop("MINIDIFF_CACHE_DIR") if before is None else os.environ.update(MINIDIFF_CACHE_DIR=before)
+        assert code == 0, (name, printed.getvalue())
+        (folder / "printed.txt").write_text(printed.getvalue())
+
+    def __iter__(self):
+        return iter(RUNS)
+
+    def __len__(self) -> int:
+        return len(RUNS)
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, worker_id) -> dict[str, Path]:
-    """The folders of small runs of every kind (`RUNS`), trained once per test session and shared by the
-    tests and by pytest's workers (the first to need them trains them; the others wait for it). Each holds
-    what the command wrote, and printed.txt, what it printed. Tests read them; a test that changes a run
-    copies it first."""
+def trained(tmp_path_factory, worker_id) -> TrainedRuns:
+    """Small runs of every kind (`RUNS`), trained when first asked for (`TrainedRuns`)."""
     root = tmp_path_factory.getbasetemp()
-    root = root.parent if worker_id != "master" else root
-    folder = root / "trained"
-    with FileLock(str(root / "trained.lock")):
-        if not (folder / "done").is_file():
-            folder.mkdir(exist_ok=True)
-            _make_runs(folder)
-            (folder / "done").write_text("")
-    return {name: folder / name for name in RUNS}
+    return TrainedRuns(root.parent if worker_id != "master" else root)

@@ -131,16 +131,26 @@ def test_the_demo_trains_draws_its_grid_and_grades_itself(tmp_path, capsys, monk
                                                       "bird background"]
 
 
-def test_runs_of_every_kind_record_their_recipe_and_model(trained):
+def test_a_run_records_its_recipe_and_model_and_draws_a_grid_at_its_end(trained):
     unet = Checkpoint(trained["unet"] / "checkpoint.npz").header
     assert unet["recipe"]["name"] == "toy" and unet["model_config"]["denoiser"]["attention_resolutions"] == [8, 4]
     assert (trained["unet"] / "loss.png").read_bytes()[:8] == PNG
+    assert (trained["unet"] / "samples_step000002.png").is_file()  # report_every 0: a grid at the end only
+
+
+def test_a_dit_flow_run_says_what_it_trains(trained):
     dit = Checkpoint(trained["dit"] / "checkpoint.npz").header["model_config"]
     assert (dit["backbone"], dit["process"]["kind"]) == ("dit", "flow")
     assert "DiT, 4 blocks of width 64 over 4x4 patches of 4x4 px; flow, predicts velocity" in \
         (trained["dit"] / "printed.txt").read_text()
+
+
+def test_an_upscaler_run_upscales_real_images_in_its_grids(trained):
     assert "an upscaler from 16 to 32 px" in (trained["upscaler"] / "printed.txt").read_text()
     assert (trained["upscaler"] / "samples_step000002.png").is_file()  # real images downsampled and upscaled
+
+
+def test_an_autoencoder_run_and_a_latent_run_on_its_latents(trained):
     printed = (trained["autoencoder"] / "printed.txt").read_text()
     assert "16 px images to 4x4x4 latents (f = 4)" in printed and "dB PSNR" in printed
     assert all((trained["autoencoder"] / name).is_file() for name in ("autoencoder.npz", "reconstructions.png",
@@ -321,7 +331,7 @@ def test_a_multi_host_run_starts_jax_distributed_before_the_devices(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "minidiff.command.cli", "train", "--multi-host", "--recipe", "toy",
                              "--steps", "1", "--out", str(run), "--quiet", "--set", "model.preset=tiny",
-                             "data.image_size=16", "data.num_images=32", "train.batch_size=4", "train.report_every=0",
+                             "data.image_size=16", "data.num_images=32", "train.batch_size=4", "sample.sampling_steps=2",
                              "model.denoiser.attention_resolutions=[8,4]"],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and (run / "checkpoint.npz").is_file(), result.stderr[-3000:]

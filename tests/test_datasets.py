@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from minidiff.datasets import CaptionedImages, load_dataset, toy_dataset
-from minidiff.datasets.base import batch_indices, caption_choices
+from minidiff.datasets.base import caption_choices
 from minidiff.datasets.toy import HELD_OUT
+from minidiff.loop import batch_indices
 
 
 def test_toy_dataset_is_deterministic_and_well_formed():

@@ -58,8 +58,8 @@ def test_a_dit_trained_as_a_flow_learns_and_moves_every_block(dataset, tokenizer
                     process=StraightFlow())
     images = dataset.subset(np.arange(8))
     batch = (jnp.asarray(to_model_range(images.images)),
-             jnp.asarray(tokenizer.encode_batch([c[0] for c in images.captions])))
-    constants = (jnp.asarray(tokenizer.empty(1)[0]),)
+             (jnp.asarray(tokenizer.encode_batch([c[0] for c in images.captions])),))
+    constants = ((jnp.asarray(tokenizer.empty(1)[0]),),)
     loss = nnx.jit(denoising_loss)
     fixed_loss = lambda model: np.mean(  # noqa: E731
         [float(loss(model, batch, constants, jax.random.key(k))[0]) for k in range(16)])

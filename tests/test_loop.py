@@ -25,8 +25,8 @@ def test_the_compiled_step_on_arrays_equals_the_step_on_modules(dataset, tokeniz
     optimizer and the EMA exactly as nnx.jit(train_step) on the modules does."""
     on_modules, on_arrays = start_run(model_config, train_config), start_run(model_config, train_config)
     task = TextToImageTraining(on_arrays.model, tokenizer, dataset, train_config)
-    batch, constants = jax.tree.map(jnp.asarray, task.batch(0)), tuple(map(jnp.asarray, task.constants()))
-    static = (task.loss, train_config, on_modules.trainable)
+    batch, constants = jax.tree.map(jnp.asarray, (task.batch(0), task.constants()))
+    static = (task.loss, train_config.precision, train_config.ema_decay, on_modules.trainable)
     step_on_modules = nnx.jit(train_step, static_argnames="static")
     step_on_arrays = compiled_step(on_arrays, task)
     for i in range(2):

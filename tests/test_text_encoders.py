@@ -152,12 +152,12 @@ def test_cached_caption_embeddings_train_the_same_step(frozen_config, model_conf
     cached = tuple(map(jnp.asarray, cached))
     x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
     losses = []
-    for config, captions, empty_caption in ((model_config, ids, jnp.asarray(empty[0])),
+    for config, captions, empty_caption in ((model_config, (ids,), (jnp.asarray(empty[0]),)),
                                             (frozen_config, cached, cached_empty)):
         run = start_run(config, train_config)
-        static = (denoising_loss, train_config, run.trainable)
-        loss, _ = train_step(run.model, run.optimizer, run.ema, (x0, captions), (empty_caption,), jax.random.key(1),
-                             1e-3, static)
+        static = (denoising_loss, train_config.precision, train_config.ema_decay, run.trainable)
+        loss, _ = nnx.jit(train_step, static_argnames="static")(run.model, run.optimizer, run.ema, (x0, captions),
+                                                                (empty_caption,), jax.random.key(1), 1e-3, static=static)
         losses.append(float(loss))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
@@ -183,7 +183,7 @@ def test_pretrain_text_then_train_with_it_frozen(tmp_path, capsys):
     assert f"wrote {text_file}" in capsys.readouterr().out
     run = ["train", "--recipe", "toy", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet", "--set",
            "model.preset=tiny", "data.image_size=16", "data.num_images=16", "train.batch_size=4",
-           "train.report_every=0", f"model.text_encoder_file={text_file}"]
+           "sample.sampling_steps=2", f"model.text_encoder_file={text_file}"]
     assert main(run + ["model.text_encoder=lstm"]) == 2
     assert "holds a transformer encoder, not a lstm" in capsys.readouterr().err
     assert main(run) == 0

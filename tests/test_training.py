@@ -20,8 +20,8 @@ def test_the_loss_falls_over_a_few_steps(dataset, tokenizer, model_config, train
     in the 6 steps of train_config (the step every other test compiles)."""
     images = dataset.subset(np.arange(8))  # one batch, seen at every step
     batch = (jnp.asarray(to_model_range(images.images)),
-             jnp.asarray(tokenizer.encode_batch([c[0] for c in images.captions])))
-    constants = (jnp.asarray(tokenizer.empty(1)[0]),)
+             (jnp.asarray(tokenizer.encode_batch([c[0] for c in images.captions])),))
+    constants = ((jnp.asarray(tokenizer.empty(1)[0]),),)
     jitted_loss = nnx.jit(denoising_loss)  # one program for all 32 evaluations
     fixed_loss = lambda model: np.mean(  # noqa: E731
         [float(jitted_loss(model, batch, constants, jax.random.key(k))[0]) for k in range(16)])
@@ -42,7 +42,7 @@ def test_a_flow_model_regresses_the_velocity(dataset, tokenizer, model_config, t
     x0 = jnp.asarray(to_model_range(dataset.images[:4]))
     ids = jnp.asarray(tokenizer.encode_batch([c[0] for c in dataset.captions[:4]]))
     key = jax.random.key(3)
-    loss, _ = denoising_loss(model, (x0, ids), (jnp.asarray(tokenizer.empty(1)[0]),), key)
+    loss, _ = denoising_loss(model, (x0, (ids,)), ((jnp.asarray(tokenizer.empty(1)[0]),),), key)
     _, loss_key = jax.random.split(key)
     time_key, noise_key = jax.random.split(loss_key)
     t, _, _ = config.process.training_times(time_key, 4)
@@ -59,9 +59,9 @@ def test_a_batch_is_a_pure_function_of_seed_and_step(dataset, tokenizer, model_c
     task = TextToImageTraining(model, tokenizer, dataset, train_config)
     x0, captions = task.batch(5)
     again_x0, again_captions = task.batch(5)
-    np.testing.assert_array_equal(x0, again_x0) and np.testing.assert_array_equal(captions, again_captions)
+    np.testing.assert_array_equal(x0, again_x0) and np.testing.assert_array_equal(captions[0], again_captions[0])
     assert x0.dtype == np.float32 and x0.shape == (8, 16, 16, 3) and -1 <= x0.min() and x0.max() <= 1
-    assert captions.shape == (8, tokenizer.max_length)
+    assert captions[0].shape == (8, tokenizer.max_length) and len(captions) == 1  # the token ids
     assert not dataset.flip_ok
     flipped = dataclasses.replace(dataset, flip_ok=True)
     mirrored, _ = TextToImageTraining(model, tokenizer, flipped, train_config).batch(5)

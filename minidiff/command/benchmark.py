@@ -95,7 +95,7 @@ def _setup(preset_name: str, image_size: int, batch_size: int, precision: str, b
         data = dataclasses.replace(data, images=latents, latent=True, flip_ok=False)
     run = start_run(model_config, TrainConfig(batch_size=batch_size, precision=precision))
     task = TextToImageTraining(run.model, tokenizer, data, run.config)
-    batch, constants = task.batch(0), tuple(jnp.asarray(c) for c in task.constants())
+    batch, constants = task.batch(0), jax.tree.map(jnp.asarray, task.constants())
     captions = [data.captions[i][0] for i in batch_indices(len(data), batch_size, 0, 0)]
     mesh = mesh_for_batch(batch_size)
     if mesh is None:
@@ -194,8 +194,9 @@ def benchmark(preset_name: str, image_size: int, batch_size: int, steps: int = 1
     if pytorch:
         from minidiff.command.pytorch_peer import benchmark_peer  # needs the optional bench extra (PyTorch)
 
-        x0, ids = batch
-        peer = benchmark_peer(model_config, run.config, np.asarray(x0), np.asarray(ids), np.asarray(constants[0]),
+        x0, (ids,) = batch
+        (empty,) = constants[0]
+        peer = benchmark_peer(model_config, run.config, np.asarray(x0), np.asarray(ids), np.asarray(empty),
                               steps=steps, sampling=sampling)
         result |= peer
         result["speedup"] = result["train_images_per_s"] / peer["peer_train_images_per_s"]

@@ -92,7 +92,7 @@ def grade_demo(generator, num_images: int = DEMO_GRADED_IMAGES) -> list[str]:
 
 def cmd_demo(args):
     start = time.perf_counter()
-    trained = run_training(args, DEMO_CAPTIONS)
+    trained = run_training(args, DEMO_CAPTIONS, grids=False)  # the demo draws its own grid
     out = Path(args.out)
     save_loss_curve(trained.run.losses, out / "loss.png")
     grid = out / "demo.png"
@@ -240,11 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Train an autoencoder (images to latents f times smaller on a side, and "
                              "back) from a recipe (default: autoencoder); writes OUT/autoencoder.npz, OUT/loss.png "
                              "and OUT/reconstructions.png (held-out images beside their reconstructions). Then: "
-                             "minidiff train --set model.autoencoder=OUT/autoencoder.npz trains a diffusion model on "
-                             f"its latents (factors: {', '.join(map(str, FACTORS))}).")
+                             "minidiff train --set data.image_size=64 model.autoencoder=OUT/autoencoder.npz trains a "
+                             f"diffusion model on its latents (factors: {', '.join(map(str, FACTORS))}).")
     add_recipe_options(ae, default="autoencoder")
     add_length_options(ae)
-    add_run_options(ae, out=None)
+    add_run_options(ae, out=None, devices=False)
     add_data_access_options(ae)
     ae.set_defaults(run=cmd_train_autoencoder)
     add_pretrain_text_command(commands)

@@ -103,6 +103,8 @@ def overrides(args) -> dict:
     both = sorted({"train.steps", "train.minutes"} & set(changed))
     if flag and both:
         raise ValueError(f"{flag} and --set {both[0]} both set the run's length: give one")
+    if "train.steps" in changed and "train.minutes" not in changed:
+        changed["train.minutes"] = 0.0  # a length in steps is no budget in minutes
     if getattr(args, "minutes", None) is not None:
         changed["train.minutes"] = args.minutes
     if getattr(args, "steps", None) is not None:
@@ -121,19 +123,22 @@ def add_data_access_options(p):
                       "($MINIDIFF_CACHE_DIR or ~/.cache/minidiff)")
 
 
-def add_run_options(p, out: str | None):
-    """--out, --resume, --quiet, and the devices a run trains on. `out`: the default folder (None: runs/RECIPE)."""
+def add_run_options(p, out: str | None, devices: bool = True):
+    """--out, --resume, --quiet, and (with `devices`) the devices a run trains on. `out`: the default folder
+    (None: runs/RECIPE)."""
     run = p.add_argument_group("the run")
     run.add_argument("--out", default=out, help="the run's folder: its checkpoint, loss curve and sample grids "
                      f"(default: {out or 'runs/ and the recipe name'})")
     run.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its own recipe: "
                      "to --steps, for what is left of --minutes, or, with neither, to its end")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    if not devices:
+        return
     run.add_argument("--data-parallel", action="store_true", help="split each batch over every device (GPUs, TPU "
                      "cores, CPU cores) and stop if it does not split evenly; without it, each batch is split over as "
                      "many of this host's devices as it evenly can")
     run.add_argument("--multi-host", action="store_true", help="join a multi-host run first "
                      "(jax.distributed.initialize); implies --data-parallel over every host's devices")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # The fields of `SamplerSettings`, as options: (help, how argparse reads it).
@@ -159,8 +164,10 @@ def add_sampling_options(p, names=SAMPLING_SETTINGS, seed: bool = True):
     for name in names:
         help, reading = SAMPLING_OPTIONS[name]
         default = getattr(SamplerSettings(), name)
+        otherwise = {"x0_clipping": "static for a pixel model, none for a latent one",
+                     "spacing": "the sampler's own"}.get(name, default)
         group.add_argument("--" + name.replace("_", "-"), default=None, **reading,
-                           help=f"{help} (default: the model's own, from its recipe; else {default})")
+                           help=f"{help} (default: the model's own, from its recipe; else {otherwise})")
     if seed:
         parameter_option(group, Generator.sample, "seed", "noise seed", type=at_least(0))
     p.set_defaults(sampling_options=tuple(names))

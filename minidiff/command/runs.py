@@ -144,12 +144,16 @@ def speed(run: Run) -> str:
     return f"{run.step * run.config.batch_size / run.trained_seconds:.0f} images/s; "
 
 
-def run_training(args, preferred_captions) -> Trained:
-    """Train as `minidiff train` does (a new run of --recipe, or --resume the one in --out). Its sample grids show
-    the `preferred_captions` the model knows every word of (else a few of the dataset's own)."""
+def run_training(args, preferred_captions, grids: bool = True) -> Trained:
+    """Train as `minidiff train` does (a new run of --recipe, or --resume the one in --out). Its sample grids
+    (every report_every steps and at the end; none without `grids`) show the `preferred_captions` the model
+    knows every word of (else a few of the dataset's own)."""
     if args.resume:
         path, length = resumed_recipe(args, KIND, "checkpoint.npz")
         _, _, saved = saved_run(path)
+        if saved is None:
+            raise CheckpointError(f"{path} records no recipe (it was trained from Python): resume it from Python, "
+                                  "with minidiff.training.resume_run")
         recipe = Recipe.from_dict(saved)
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **length))
     else:
@@ -167,7 +171,9 @@ def run_training(args, preferred_captions) -> Trained:
         if saved_tokenizer != prepared.tokenizer:
             raise CheckpointError(f"the data {recipe.data.dataset} has other words than the run in {out} was trained "
                                   "on: resume it on the same data")
-        prepared = dataclasses.replace(prepared, model_config=saved_config, tokenizer=saved_tokenizer)
+        if saved_config != prepared.model_config:  # the same recipe, but a file it names has changed
+            raise CheckpointError(f"the run in {out} was trained with other files than its recipe now names (its "
+                                  "autoencoder or text encoder has changed or moved): resume it with those it had")
         run = resume_run(checkpoint, recipe.train)
         print(f"resuming {checkpoint} at step {run.step} of {recipe.train.length}")
     else:
@@ -194,7 +200,7 @@ def run_training(args, preferred_captions) -> Trained:
     mesh = training_mesh(args.data_parallel or args.multi_host, recipe.train.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     train(run, prepared.dataset, prepared.tokenizer, checkpoint=checkpoint, mesh=mesh, progress=not args.quiet,
-          on_report=report if recipe.train.report_every else None, recipe=recipe.to_dict())
+          on_report=report if grids else None, recipe=recipe.to_dict())
     print(f"trained {run.step} steps in {run.trained_seconds:.0f} s ({speed(run)}compiling not counted)")
     return trained
 

@@ -25,6 +25,7 @@ from minidiff.from_recipe import train_recipe
 from minidiff.generator import Generator, load
 from minidiff.machinery.checkpoints import Checkpoint
 from minidiff.recipe import Recipe, load_recipe
+from minidiff.training import KIND
 
 SMOKE = os.environ.get("MINIDIFF_SMOKE") == "1"
 MODE = "smoke" if SMOKE else "full"
@@ -50,7 +51,7 @@ def _finished_run_of(path: Path, recipe: Recipe) -> bool:
     if not path.is_file():
         return False
     checkpoint = Checkpoint(path)
-    (step,) = checkpoint.fields("step", kind="text-to-image run")
+    (step,) = checkpoint.fields("step", kind=KIND)
     return step == recipe.train.steps and checkpoint.header.get("recipe") == recipe.to_dict()
 
 

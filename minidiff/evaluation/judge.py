@@ -86,6 +86,7 @@ def split_logits(config: JudgeConfig, logits) -> dict[str, jax.Array]:
 def classification_loss(model: Judge, images, labels: dict[str, jax.Array]):
     """Cross-entropy summed over heads; a label of -1 (does not apply) counts for nothing."""
     _, logits = model(images)
+    logits = logits.astype(jnp.float32)  # the loss in float32, whatever the network computed in
     total = 0.0
     for name, head_logits in split_logits(model.config, logits).items():
         known = labels[name] >= 0
@@ -151,7 +152,7 @@ def train_judge(dataset: CaptionedImages, train_config: TrainConfig = JUDGE_TRAI
     if not config.heads:
         raise ValueError(f"{dataset.name} has no labels with two or more classes to train a judge on")
     run = new_run(initialised(Judge, config, train_config.seed), train_config)
-    return train(run, JudgeTraining(dataset, config, train_config, noise_std), progress=progress).model
+    return train(run, JudgeTraining(dataset, config, train_config, noise_std), progress=progress).trained
 
 
 @nnx.jit

@@ -17,5 +17,5 @@ from minidiff.captions import TextEncoder
 from minidiff.text_encoders.bag_of_words import BagOfWords
 from minidiff.text_encoders.lstm import BiLSTMEncoder
 
-# The encoders a model can be built with (`TextEncoderConfig.kind`, the CLI's --text-encoder).
+# The encoders a model can be built with (`ModelConfig.text_encoder`, a recipe's model.text_encoder).
 TEXT_ENCODERS = {"transformer": TextEncoder, "lstm": BiLSTMEncoder, "bag_of_words": BagOfWords}

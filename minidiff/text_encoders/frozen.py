@@ -90,4 +90,4 @@ def embed_captions(encoder: nnx.Module, token_ids: np.ndarray, empty_ids: np.nda
     (tokens (..., L, D) float32, mask (..., L) bool, pooled (..., D) float32), and for the empty caption
     `empty_ids` (1, L), on the device ((L, D), (L,), (D,)), as caption dropout swaps it in."""
     empty = _embed(encoder, empty_ids, batch_size)
-    return _embed(encoder, token_ids, batch_size), tuple(jnp.asarray(e[0]) for e in empty)
+    return _embed(encoder, token_ids, batch_size), tuple(jnp.asarray(part[0]) for part in empty)
