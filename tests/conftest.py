@@ -56,16 +56,17 @@ def model(model_config):
 
 # Two steps of the tiny models on 32 images of the embedded set: what the command and the generator are
 # tested on. Each is `minidiff train` (or train-autoencoder) as a user types it.
-TINY = ["--steps", "2", "--quiet", "--set", "data.num_images=32", "train.batch_size=4", "sample.sampling_steps=2"]
+TINY = ["--steps", "2", "--quiet", "--set", "data.num_images=32", "train.batch_size=4"]
+GRIDS = "sample.sampling_steps=2"  # each text-to-image run draws a grid at its end
 RUNS = {
-    "unet": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=16",
+    "unet": ["train", "--recipe", "toy", *TINY, GRIDS, "model.preset=tiny", "data.image_size=16",
              "model.denoiser.attention_resolutions=[8,4]"],
-    "dit": ["train", "--recipe", "demo", *TINY, "data.image_size=16"],
-    "upscaler": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=32", "model.upscale_from=16",
-                 "train.report_every=2"],
+    "dit": ["train", "--recipe", "demo", *TINY, GRIDS, "data.image_size=16"],
+    "upscaler": ["train", "--recipe", "toy", *TINY, GRIDS, "model.preset=tiny", "data.image_size=32",
+                 "model.upscale_from=16", "train.report_every=2"],
     "autoencoder": ["train-autoencoder", *TINY, "data.image_size=16"],
-    "latent": ["train", "--recipe", "toy", *TINY, "model.preset=tiny", "data.image_size=16", "train.report_every=2",
-               "model.autoencoder={autoencoder}/autoencoder.npz"],
+    "latent": ["train", "--recipe", "toy", *TINY, GRIDS, "model.preset=tiny", "data.image_size=16",
+               "train.report_every=2", "model.autoencoder={autoencoder}/autoencoder.npz"],
 }
 
 

@@ -44,12 +44,15 @@ def test_the_compiled_step_on_arrays_equals_the_step_on_modules(dataset, tokeniz
 
 def test_runs_with_equal_settings_share_one_compiled_step(dataset, tokenizer, model_config, train_config):
     """Two new runs split into equal structures (graphdefs), so the second reuses the first's traced
-    and compiled step instead of tracing it again."""
+    and compiled step instead of tracing it again; settings the step does not depend on (the learning rate,
+    which it is given, the run's length) do not make another program, and one it does (precision) does."""
     a, b = (start_run(model_config, train_config) for _ in range(2))
     program = lambda run: compiled_step(run, TextToImageTraining(run.model, tokenizer, dataset, run.config)).program  # noqa: E731
     assert program(a) is program(b)
-    other = start_run(model_config, dataclasses.replace(train_config, learning_rate=1e-4))
-    assert program(other) is not program(a)  # different settings, a different program
+    shorter = start_run(model_config, dataclasses.replace(train_config, learning_rate=1e-4, steps=3))
+    assert program(shorter) is program(a)
+    other = start_run(model_config, dataclasses.replace(train_config, precision="bfloat16"))
+    assert program(other) is not program(a)  # another computation, another program
 
 
 class Interrupted(Exception):

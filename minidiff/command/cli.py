@@ -5,7 +5,7 @@ bench, course.
     minidiff recipes                                # the named recipes, one line each
     minidiff train --recipe toy --out runs/toy --steps 2000
     minidiff sample --checkpoint runs/toy/checkpoint.npz --caption "a red flower with a yellow centre"
-    minidiff course grade submissions/ --out grades.csv   # run and grade a class's chapter notebooks
+    minidiff course grade submissions/ --out grades       # run and grade a class's chapter notebooks
 
 Each command is a short function that calls the library; the options are in
 `options.py`. Errors the user can fix (a missing file, a bad value, an empty
@@ -196,12 +196,13 @@ def cmd_course_student_copy(args):
 
 def cmd_course_grade(args):
     start = time.perf_counter()
-    rows = grade_class(args.submissions, args.out, args.chapters, timeout=args.timeout)
+    gradebook = Path(args.out) / "grades.csv"
+    rows = grade_class(args.submissions, gradebook, args.chapters, timeout=args.timeout)
     for row in rows:
         exercises = len(row) - 2
         print(f"{row['student']}: {row['correct']} of {exercises} exercises correct")
-    print(f"graded {len(rows)} students in {time.perf_counter() - start:.0f} s; wrote {args.out} "
-          f"(the executed notebooks are in {Path(args.out).parent / 'graded'})")
+    print(f"graded {len(rows)} students in {time.perf_counter() - start:.0f} s; wrote {gradebook} "
+          f"(the executed notebooks are in {Path(args.out) / 'graded'})")
 
 
 # --- Arguments ---------------------------------------------------------------------
@@ -331,10 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        description="Run every submitted notebook in a fresh kernel, in smoke mode, "
                                        "with a time limit, and write one CSV row per student: each exercise correct, "
                                        "wrong (with the check's reason), not attempted, error, timed out or not "
-                                       "submitted. Writes only beside the CSV: the CSV and graded/<student>/.")
+                                       "submitted. Writes only into OUT: OUT/grades.csv and OUT/graded/<student>/.")
     grade.add_argument("submissions", help="a folder holding one folder per student, each with that student's "
                        "chapter notebooks under the chapters' names (01_destroying_images.ipynb, ...)")
-    grade.add_argument("--out", default="grades.csv", help="the gradebook to write (default: %(default)s)")
+    grade.add_argument("--out", default="grades", help="the folder to write the gradebook, grades.csv, and the "
+                       "executed notebooks into (default: %(default)s)")
     grade.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT,
                        help="seconds each notebook may run (default: %(default)s)")
     for sub in (handout, grade):
