@@ -12,8 +12,11 @@ noise (`exact_ode_solution`; for the flow, s times the noise). Two errors per
     exact ODE solution from the same noise (64 samples).
 
     python benchmarks/sampler_oracle.py --steps 5 10 20 50 100 --out runs/sampler_oracle
+    python benchmarks/sampler_oracle.py --spacing karras --out runs/sampler_oracle_karras
 
-prints one row per (process, sampler) and writes OUT/sampler_oracle.json.
+prints one row per (process, sampler, steps) and writes OUT/sampler_oracle.json. Each
+sampler takes the process's own spacing of its noise levels unless --spacing
+names one for all.
 """
 
 import argparse
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minidiff.course.oracles import GaussianFlowOracle, GaussianOracle, exact_ode_solution
-from minidiff.sampling import SAMPLERS, SamplerSettings, noise_levels, sample
+from minidiff.sampling import SAMPLERS, SamplerSettings, noise_levels, sample, spacing_of
 
 SPREAD_STD, ODE_STD = 0.3, 0.2  # small enough that clipping x0 to [-1, 1] never matters
 
@@ -45,13 +48,14 @@ def exact_endpoint(process, noise, settings: SamplerSettings, std: float):
     return exact_ode_solution(start, alpha[0], sigma[0], std)
 
 
-def errors(oracle, sampler: str, steps: int) -> dict:
-    settings = SamplerSettings(sampler=sampler, sampling_steps=steps)
-    _, images = oracle_samples(oracle(SPREAD_STD), 512, sampler=sampler, sampling_steps=steps)
+def errors(oracle, sampler: str, steps: int, spacing: str | None = None) -> dict:
+    settings = SamplerSettings(sampler=sampler, sampling_steps=steps, spacing=spacing)
+    chosen = dict(sampler=sampler, sampling_steps=steps, spacing=spacing)
+    _, images = oracle_samples(oracle(SPREAD_STD), 512, **chosen)
     row = {"spread": abs(float(images.std()) / SPREAD_STD - 1)}
     if sampler != "ddpm":
         ode = oracle(ODE_STD)
-        noise, images = oracle_samples(ode, 64, sampler=sampler, sampling_steps=steps)
+        noise, images = oracle_samples(ode, 64, **chosen)
         row["ode"] = float(jnp.max(jnp.abs(images - exact_endpoint(ode.process, noise, settings, ODE_STD))))
     return row
 
@@ -59,18 +63,21 @@ def errors(oracle, sampler: str, steps: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--spacing", choices=["uniform", "karras"], help="one spacing for every sampler "
+                        "(default: each process's own for each sampler)")
     parser.add_argument("--out", help="also write OUT/sampler_oracle.json")
     args = parser.parse_args(argv)
     results = []
     for name, oracle in (("diffusion", GaussianOracle), ("flow", GaussianFlowOracle)):
         for sampler in SAMPLERS:
             for steps in args.steps:
-                row = {"process": name, "sampler": sampler, "sampling_steps": steps,
+                spacing = spacing_of(oracle().process, SamplerSettings(sampler=sampler, spacing=args.spacing))
+                row = {"process": name, "sampler": sampler, "sampling_steps": steps, "spacing": spacing,
                        "nfe": SamplerSettings(sampler=sampler, sampling_steps=steps).network_calls,
-                       **errors(oracle, sampler, steps)}
+                       **errors(oracle, sampler, steps, args.spacing)}
                 results.append(row)
                 ode = f"{row['ode']:.2e}" if "ode" in row else "-"
-                print(f"{name:9s} {sampler:8s} steps {steps:4d} NFE {row['nfe']:4d}  spread {row['spread']:.2e}  "
+                print(f"{name:9s} {sampler:8s} {spacing:7s} steps {steps:4d} NFE {row['nfe']:4d}  spread {row['spread']:.2e}  "
                       f"ode {ode}", flush=True)
     if args.out:
         path = Path(args.out) / "sampler_oracle.json"

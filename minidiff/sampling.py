@@ -16,8 +16,9 @@ once and serves both:
     true posterior q(x_s | x_t, x0) with x0 replaced by its prediction. That
     is DDIM with eta = 1, and written as such.
   - Heun (Karras et al. 2022, Algorithm 1): the same ODE, solved with a
-    second-order step (a trial DDIM step, then the average of the two slopes).
-    Two network calls per step.
+    second-order step (a trial DDIM step, then the average of the two slopes),
+    taken where every process's paths are straight lines (`heun_step`). Two
+    network calls per step.
   - DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second order too, but with
     one network call per step, reusing the previous step's x0 prediction.
 
@@ -219,22 +220,23 @@ def ddim_step(key, x0_pred, eps_pred, alpha_t, sigma_t, alpha_s, sigma_s, eta):
 
 
 def heun_step(denoise, x, x0_pred, eps_pred, levels_t, levels_s):
-    """One step of Heun's method (Karras et al. 2022, Algorithm 1, lines 5-8).
+    """One step of Heun's method (Karras et al. 2022, Algorithm 1, lines 5-8), in straight-line variables.
 
-    In Karras's variables y = x / alpha and k = sigma / alpha the ODE is dy/dk = eps.
-    A trial Euler step to s (the DDIM step), a second network call there, then
-    the step again with the average of the two slopes: error O(h^3) per step,
-    not O(h^2). From pure noise (alpha_t = 0, a flow's t = 1) y is infinite, and
-    the step is the Euler step alone.
+    Scaled by c = alpha + sigma, any process's x_t is a point on a straight line:
+    X = x / c = (1 - tau) x0 + tau eps with tau = sigma / c, whose ODE is
+    dX/dtau = eps - x0, finite from pure noise (tau = 1) to the clean image
+    (tau = 0). A trial Euler step to s (the DDIM step), a second network call
+    there, then the step again with the average of the two slopes: error O(h^3)
+    per step, not O(h^2). On the straight-line flow (c = 1) this is Heun's method
+    in t itself.
     """
-    t, alpha_t, sigma_t = levels_t
+    _, alpha_t, sigma_t = levels_t
     s, alpha_s, sigma_s = levels_s
     euler = alpha_s * x0_pred + sigma_s * eps_pred
-    _, eps_at_s = denoise(euler, s, alpha_s, sigma_s)
-    finite = alpha_t > 0
-    alpha_t = jnp.where(finite, alpha_t, 1.0)
-    y_s = x / alpha_t + (sigma_s / alpha_s - sigma_t / alpha_t) * 0.5 * (eps_pred + eps_at_s)
-    return jnp.where(finite, alpha_s * y_s, euler)
+    x0_at_s, eps_at_s = denoise(euler, s, alpha_s, sigma_s)
+    c_t, c_s = alpha_t + sigma_t, alpha_s + sigma_s
+    slope = 0.5 * ((eps_pred - x0_pred) + (eps_at_s - x0_at_s))
+    return c_s * (x / c_t + (sigma_s / c_s - sigma_t / c_t) * slope)
 
 
 def dpm_solver_2m_step(x, x0_pred, previous_x0, alpha_t, sigma_t, alpha_s, sigma_s, previous_h):

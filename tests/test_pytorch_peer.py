@@ -61,7 +61,7 @@ def test_diffusers_computes_the_same_unet(overrides):
 @pytest.mark.parametrize("size, patch_size", [(16, 4), (8, 2)])
 def test_diffusers_pixart_computes_the_same_dit(size, patch_size):
     config = preset("tiny", vocab_size=20, image_size=size, max_length=8, backbone="dit", patch_size=patch_size)
-    dit = randomised(create_model(config).dit)
+    dit = randomised(create_model(config).denoiser)
     peer = PeerDiT(config.denoiser)
     peer.load_state_dict(dit_state_dict(dit), strict=True)  # every name and shape matches, none left over
     assert sum(p.numel() for p in peer.parameters()) == count_parameters(dit)
@@ -91,9 +91,9 @@ def test_the_whole_peer_is_within_a_few_percent_of_minidiffs_size_and_trains(bac
     ours = count_parameters(create_model(config))
     theirs = sum(p.numel() for p in peer.parameters())
     assert abs(theirs - ours) / ours < 0.05  # PyTorch's encoder has biases on its attention projections
-    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    x0 = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)  # images in the model's range
     ids = np.tile(np.array([1, 5, 6, 7, 0, 0, 0, 0]), (4, 1))  # BOS, three words, padding
-    result = benchmark_peer(config, TrainConfig(), images, ids, np.array([1, 0, 0, 0, 0, 0, 0, 0]), steps=1,
+    result = benchmark_peer(config, TrainConfig(), x0, ids, np.array([1, 0, 0, 0, 0, 0, 0, 0]), steps=1,
                             sampling=True)
     assert result["peer_parameters"] == theirs
     assert result["peer_train_images_per_s"] > 0 and result["peer_sample_images_per_s"] > 0

@@ -109,6 +109,20 @@ def test_a_ddim_step_is_an_euler_step_of_the_flow():
     np.testing.assert_allclose(ddim, x + (s - t) * velocity, atol=1e-5)
 
 
+def test_heun_on_the_flow_is_heuns_method_in_t():
+    """Three levels (t = 1, 2/3, 1/3) on the flow oracle: two Heun steps of dx/dt = v written out by hand, each a
+    trial Euler step and then the average of the two velocities (finite from pure noise on), then the x0
+    prediction at t = 1/3."""
+    oracle = GaussianFlowOracle(DATA_STD)
+    noise, images = oracle_sample(oracle, 8, sampler="heun", sampling_steps=3, x0_clipping="none")
+    velocity = lambda x, t: oracle.denoise(x, jnp.full((8,), t), None)  # noqa: E731
+    x = noise
+    for t, s in ((1.0, 2 / 3), (2 / 3, 1 / 3)):
+        trial = x + (s - t) * velocity(x, t)
+        x = x + (s - t) * 0.5 * (velocity(x, t) + velocity(trial, s))
+    np.testing.assert_allclose(images, x - velocity(x, 1 / 3) / 3, atol=1e-5)
+
+
 def test_ddpm_is_ddim_with_eta_one():
     """The same draws: DDPM's posterior sample is DDIM's step with eta = 1."""
     _, ddpm = oracle_sample(GaussianOracle(DATA_STD), 16, sampler="ddpm", sampling_steps=10)
