@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from minidiff.machinery.compilation import enable_compilation_cache
-from minidiff.machinery.sharding import one_device_per_cpu_core
+# The tests run a few steps of tiny models, so their time goes to compiling, not to running what was compiled:
+# XLA:CPU compiles faster without LLVM's optimisations of the machine code (the same programs, computing the
+# same values up to rounding; set here, before JAX starts its CPU backend).
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
-# Compiled programs are kept on disk between runs: a second test run skips most compilation.
-enable_compilation_cache(Path(__file__).resolve().parent.parent / ".jax_cache")
+from minidiff.machinery.compilation import enable_compilation_cache  # noqa: E402
+from minidiff.machinery.sharding import one_device_per_cpu_core  # noqa: E402
+
+# Compiled programs are kept on disk between runs: a second test run skips most compilation. The processes the
+# tests start (the command line, the four simulated devices) share the same folder.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(__file__).resolve().parent.parent / ".jax_cache")
+enable_compilation_cache()
 # The devices the command line sees (one per CPU core), whichever test a worker runs first.
 one_device_per_cpu_core()
 
