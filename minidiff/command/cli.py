@@ -72,7 +72,8 @@ def cmd_train(args):
     trained = run_training(args, DEMO_CAPTIONS)
     out = Path(args.out)
     save_loss_curve(trained.run.losses, out / "loss.png")
-    print(f"wrote {out / 'checkpoint.npz'} and {out / 'loss.png'}")
+    grids = sorted(out.glob("samples_step*.png"))
+    print(f"wrote {out / 'checkpoint.npz'}, {out / 'loss.png'}" + (f" and {grids[-1]} (the last grid)" if grids else ""))
 
 
 def cmd_train_autoencoder(args):
