@@ -77,8 +77,8 @@ def main(argv=None):
                        **errors(oracle, sampler, steps, args.spacing)}
                 results.append(row)
                 ode = f"{row['ode']:.2e}" if "ode" in row else "-"
-                print(f"{name:9s} {sampler:8s} {spacing:7s} steps {steps:4d} NFE {row['nfe']:4d}  spread {row['spread']:.2e}  "
-                      f"ode {ode}", flush=True)
+                print(f"{name:9s} {sampler:8s} {spacing:7s} steps {steps:4d} NFE {row['nfe']:4d}  "
+                      f"spread {row['spread']:.2e}  ode {ode}", flush=True)
     if args.out:
         path = Path(args.out) / "sampler_oracle.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,8 +72,9 @@ def cmd_train(args):
     trained = run_training(args, DEMO_CAPTIONS)
     out = Path(args.out)
     save_loss_curve(trained.run.losses, out / "loss.png")
-    grids = sorted(out.glob("samples_step*.png"))
-    print(f"wrote {out / 'checkpoint.npz'}, {out / 'loss.png'}" + (f" and {grids[-1]} (the last grid)" if grids else ""))
+    grids = sorted(out.glob("samples_step*.png"))  # one per report; the last is the run's end
+    last_grid = f" and {grids[-1]} (the last grid)" if grids else ""
+    print(f"wrote {out / 'checkpoint.npz'}, {out / 'loss.png'}{last_grid}")
 
 
 def cmd_train_autoencoder(args):
