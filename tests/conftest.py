@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import jax
 import pytest
 from filelock import FileLock
 
@@ -19,9 +20,11 @@ from minidiff.machinery.compilation import enable_compilation_cache  # noqa: E40
 from minidiff.machinery.sharding import one_device_per_cpu_core  # noqa: E402
 
 # Compiled programs are kept on disk between runs: a second test run skips most compilation. The processes the
-# tests start (the command line, the four simulated devices) share the same folder.
+# tests start (the command line, the four simulated devices) share the same folder. Only programs that took a
+# second or more to compile are kept: reading a small one back costs about as much as compiling it again.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(__file__).resolve().parent.parent / ".jax_cache")
 enable_compilation_cache()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 # The devices the command line sees (one per CPU core), whichever test a worker runs first.
 one_device_per_cpu_core()
 
