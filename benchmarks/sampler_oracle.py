@@ -49,8 +49,8 @@ def exact_endpoint(process, noise, settings: SamplerSettings, std: float):
 
 
 def errors(oracle, sampler: str, steps: int, spacing: str | None = None) -> dict:
-    settings = SamplerSettings(sampler=sampler, sampling_steps=steps, spacing=spacing)
     chosen = dict(sampler=sampler, sampling_steps=steps, spacing=spacing)
+    settings = SamplerSettings(**chosen)
     _, images = oracle_samples(oracle(SPREAD_STD), 512, **chosen)
     row = {"spread": abs(float(images.std()) / SPREAD_STD - 1)}
     if sampler != "ddpm":
