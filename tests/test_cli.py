@@ -15,7 +15,7 @@ import pytest
 from minidiff.autoencoder import file_sha256
 from minidiff.command.cli import DEMO_CAPTIONS, PER_CAPTION, build_parser, main
 from minidiff.command.options import SAMPLING_SETTINGS
-from minidiff.generator import Generator
+from minidiff.generator import Generator, load
 from minidiff.machinery.checkpoints import Checkpoint
 from minidiff.model import BACKBONES, PRESETS
 from minidiff.recipe import describe_recipes, load_recipe, recipe_names, what_it_trains
@@ -174,7 +174,10 @@ def test_sample_and_evaluate_a_run(trained, tmp_path, capsys):
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert (metrics["sampler"], metrics["nfe"], metrics["num_samples"]) == ("heun", 3, 4)
     assert 0 <= metrics["judge_adherence_mean"] <= 1
+    assert 0 <= metrics["r_precision_generated"] <= 1 and 0 <= metrics["r_precision_real"] <= 1
     assert (run / "judge-toy-train-16px.npz").is_file() and (evaluation / "samples.png").is_file()
+    assert (run / "caption-judge-toy-train-16px.npz").is_file()  # the caption judge is kept beside it too
+    assert "R-precision (caption first of 100)" in capsys.readouterr().out
 
 
 def test_every_sampler_draws_from_a_flow_model_too(trained, tmp_path):
@@ -335,3 +338,23 @@ def test_a_multi_host_run_starts_jax_distributed_before_the_devices(tmp_path):
                              "model.denoiser.attention_resolutions=[8,4]"],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and (run / "checkpoint.npz").is_file(), result.stderr[-3000:]
+
+
+def test_a_grid_can_end_each_row_with_the_real_image_its_caption_describes(trained, tmp_path, monkeypatch):
+    """Real-data runs draw held-out captions with their real images beside the samples (runs.draw_grid)."""
+    import numpy as np
+
+    from minidiff.command import runs
+
+    generator = load(trained["unet"] / "checkpoint.npz")
+    size = generator.image_shape[0]
+    real = np.zeros((2, size, size, 3), np.uint8)
+    real[1] = 255  # a white image: its place in the grid is checked below
+    shown = {}
+    monkeypatch.setattr(runs, "captioned_grid", lambda images, captions, title: shown.update(
+        images=images, captions=captions, title=title))
+    monkeypatch.setattr(runs, "save_figure", lambda figure, path: None)
+    runs.draw_grid(generator, ["a red flower", "a blue bird"], tmp_path / "grid.png", per_caption=2, real_images=real,
+                   sampling_steps=2)
+    assert shown["images"].shape == (6, size, size, 3) and shown["title"].endswith("last column: the real image")
+    assert (shown["images"][5] == 255).all() and (shown["images"][2] == 0).all()  # each row: 2 samples, its real one

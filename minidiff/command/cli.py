@@ -31,7 +31,8 @@ from minidiff.command.pretrain_text import add_pretrain_text_command
 from minidiff.command.runs import draw_grid, run_autoencoder_training, run_training, with_upscalers
 from minidiff.course.grading import DEFAULT_TIMEOUT, grade_class, write_student_copy
 from minidiff.datasets import DATASETS
-from minidiff.evaluation.evaluate import JUDGE_STEPS, evaluate, judge_for, reference_set
+from minidiff.evaluation.caption_judge import DISTRACTORS
+from minidiff.evaluation.evaluate import JUDGE_STEPS, caption_judge_for, evaluate, judge_for, reference_set
 from minidiff.evaluation.inception import load_fid_inception
 from minidiff.evaluation.pixel_judge import adherence_lines, measure_pixel_adherence
 from minidiff.evaluation.plotting import captioned_grid, save_figure, save_loss_curve
@@ -143,14 +144,18 @@ def cmd_adherence(args):
 def cmd_evaluate(args):
     generator = with_upscalers(load(args.checkpoint, autoencoder=args.autoencoder), args)
     size = generator.output_shape[0]
-    reference = reference_set(args.dataset, size, num_images=args.num_samples, data_dir=args.data_dir)
+    # At least DISTRACTORS + 1 captions for R-precision to rank each generated image's among.
+    reference = reference_set(args.dataset, size, num_images=max(args.num_samples, DISTRACTORS + 1),
+                              data_dir=args.data_dir)
     settings = sampling_settings(args)
     generator.sampler_settings(**settings)  # checked before a judge is trained
     judge = judge_for(args.checkpoint, args.dataset, size, path=args.judge, data_dir=args.data_dir,
                       progress=not args.quiet, steps=args.judge_steps)
+    caption_judge = caption_judge_for(args.checkpoint, args.dataset, size, path=args.caption_judge,
+                                      data_dir=args.data_dir, progress=not args.quiet, steps=args.judge_steps)
     inception = load_fid_inception(args.inception) if args.inception else None
-    metrics, images = evaluate(generator, reference, judge, num_samples=args.num_samples, inception=inception,
-                               progress=not args.quiet, seed=args.seed, **settings)
+    metrics, images = evaluate(generator, reference, judge, num_samples=args.num_samples, caption_judge=caption_judge,
+                               inception=inception, progress=not args.quiet, seed=args.seed, **settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
@@ -164,6 +169,9 @@ def cmd_evaluate(args):
     print("judge adherence: " + "  ".join(f"{k} {v:.0%}" for k, v in metrics["judge_adherence"].items()))
     print("judge accuracy on real images: "
           + "  ".join(f"{k} {v:.0%}" for k, v in metrics["judge_accuracy_on_real"].items()))
+    print(f"R-precision (caption first of {DISTRACTORS + 1}): generated {metrics['r_precision_generated']:.1%}, "
+          f"real images {metrics['r_precision_real']:.1%}; caption similarity {metrics['caption_similarity_generated']:.1f} "
+          f"(real {metrics['caption_similarity_real']:.1f})")
     print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
 
 
@@ -283,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("evaluate", help="generate images for held-out captions and measure them",
                              description="Generate one image per held-out caption and report, in OUT/metrics.json: "
                              "the Fréchet distance and KID in the features of a small judge trained on the dataset's "
-                             "labels, caption adherence (how often the judge recognises what the caption names) and, "
+                             "labels, caption adherence (how often the judge recognises what the caption names), "
+                             "R-precision and caption similarity by a small CLIP trained on its images and captions and, "
                              "with --inception, FID, KID and Inception Score. Also writes OUT/samples.png.")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by train or demo")
     ev.add_argument("--dataset", default="toy", choices=[d for d in DATASETS if d != "folder"],
@@ -295,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_autoencoder_option(ev)
     add_cascade_options(ev)
     ev.add_argument("--judge", help="a judge file (judge-*.npz); default: the one beside the checkpoint, trained if missing")
-    ev.add_argument("--judge-steps", type=at_least(1), help="training steps of a new judge (default: "
+    ev.add_argument("--caption-judge", help="a caption judge file (caption-judge-*.npz), for R-precision; default: the "
+                    "one beside the checkpoint, trained if missing")
+    ev.add_argument("--judge-steps", type=at_least(1), help="training steps of a new judge or caption judge (default: "
                     + ", ".join(f"{steps} for {kind} data" for kind, steps in JUDGE_STEPS.items()) + ")")
     ev.add_argument("--inception", help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz)")
     ev.add_argument("--out", default="runs/evaluation", help="folder for metrics.json and samples.png (default: %(default)s)")

@@ -43,13 +43,20 @@ def note_unknown_words(tokenizer: Tokenizer, captions) -> None:
                   f"they are read as 'unknown' in {caption!r}", file=sys.stderr)
 
 
-def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, title: str | None = None, **settings):
-    """Sample `per_caption` images for each caption and save them as one captioned PNG grid."""
+def draw_grid(generator: Generator, captions, path, *, per_caption: int = 6, title: str | None = None,
+              real_images=None, **settings):
+    """Sample `per_caption` images for each caption and save them as one captioned PNG grid; with
+    `real_images` (uint8, one per caption), each row ends with the real image its caption describes."""
     note_unknown_words(generator.tokenizer, captions)
     images = generator.sample([c for c in captions for _ in range(per_caption)], **settings)
     used = generator.sampler_settings(**{k: v for k, v in settings.items() if k != "seed"})
     title = title or f"{used.sampler}, {used.sampling_steps} steps, guidance {used.guidance:g}"
-    save_figure(captioned_grid(images, captions, title=title), path)
+    shown = to_uint8(images)
+    if real_images is not None:
+        title += "; last column: the real image"
+        rows = shown.reshape(len(captions), per_caption, *shown.shape[1:])
+        shown = np.concatenate([rows, np.asarray(real_images)[:, None]], axis=1).reshape(-1, *shown.shape[1:])
+    save_figure(captioned_grid(shown, captions, title=title), path)
     return images
 
 
@@ -92,6 +99,18 @@ def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, 
     """The preferred captions the model knows every word of; else the first captions of a few classes."""
     known = [c for c in preferred if not tokenizer.unknown_words(c)]
     return known or [dataset.captions[i][0] for i in images_to_show(dataset, count)]
+
+
+# The datasets with an eval split: images set aside, with their captions (`minidiff.datasets.splits`).
+WITH_EVAL_SPLIT = ("flowers", "birds")
+
+
+def held_out_to_show(recipe: Recipe, data_dir=None, count: int = 4) -> tuple[list[str], np.ndarray]:
+    """For flowers and birds: captions of a few held-out images (the eval split, one per class), and those
+    images, for a training run's grids to draw beside them."""
+    held_out = reference_set(recipe.data.dataset, recipe.data.image_size, data_dir=data_dir)
+    shown = images_to_show(held_out, count)
+    return [held_out.captions[i][0] for i in shown], held_out.images[shown]
 
 
 # --- A run of a recipe ---------------------------------------------------------------------
@@ -181,7 +200,11 @@ def run_training(args, preferred_captions, grids: bool = True) -> Trained:
     print(f"recipe {recipe.name}: {count_parameters(run.model) / 1e6:.2f} M parameters, "
           f"{prepared.model_config.describe()}; {recipe.train.length}")
     trained = Trained(run, prepared)
-    captions = captions_to_show(prepared.images, prepared.tokenizer, preferred_captions)
+    # Real data draws its own held-out captions beside their images; the embedded set, the captions asked for.
+    if recipe.data.dataset in WITH_EVAL_SPLIT:
+        captions, real = held_out_to_show(recipe, args.data_dir)
+    else:
+        captions, real = captions_to_show(prepared.images, prepared.tokenizer, preferred_captions), None
 
     def report(run):
         generator = trained.generator
@@ -192,7 +215,7 @@ def run_training(args, preferred_captions, grids: bool = True) -> Trained:
             draw_upscaled(generator, images.images[shown], [images.captions[i][0] for i in shown], path)
         else:
             settings = generator.sampler_settings()
-            draw_grid(generator, captions, path, per_caption=4,
+            draw_grid(generator, captions, path, per_caption=4, real_images=real,
                       title=f"step {run.step}: {settings.sampler}, {settings.sampling_steps} steps, "
                       f"guidance {settings.guidance:g}")
         save_loss_curve(run.losses, out / "loss.png")

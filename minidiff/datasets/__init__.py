@@ -3,6 +3,7 @@
     toy, toy-flowers, toy-birds   the embedded generated set (no download)
     flowers                       Oxford-102, from a local copy or tensorflow-datasets
     birds                         CUB-200-2011, from a local copy or tensorflow-datasets
+    coco                          COCO captions, from a local copy or tensorflow-datasets
     folder                        your own images with captions (data_dir = the folder)
 """
 
@@ -12,31 +13,36 @@ from pathlib import Path
 from minidiff.datasets.base import CaptionedImages, check_images
 from minidiff.datasets.birds import find_cub_root, load_birds
 from minidiff.datasets.cache import cached
+from minidiff.datasets.coco import is_coco_copy, load_coco, load_coco_tfds
 from minidiff.datasets.flowers import is_flowers_copy, load_flowers
 from minidiff.datasets.folder import load_folder
-from minidiff.datasets.tfds_source import DatasetNotFound, load_tfds
+from minidiff.datasets.tfds_source import DatasetNotFound, load_tfds, tfds_builder
 from minidiff.datasets.toy import toy_dataset
 
 TOY = {"toy": ("flowers", "birds"), "toy-flowers": ("flowers",), "toy-birds": ("birds",)}
-DATASETS = (*TOY, "flowers", "birds", "folder")
+DATASETS = (*TOY, "flowers", "birds", "coco", "folder")
 
 # Where a local copy is looked for when no data_dir is given.
 DATA_DIR_VARIABLE = "MINIDIFF_DATA_DIR"
 LAYOUTS = {
     "flowers": "jpg/image_00001.jpg + imagelabels.mat + setid.mat, or jpg/<label>/image_00001.jpg + cat_to_name.json",
     "birds": "CUB_200_2011/images.txt, images/, image_class_labels.txt, train_test_split.txt, bounding_boxes.txt, classes.txt",
+    "coco": "annotations/captions_train2017.json, annotations/captions_val2017.json, train2017/, val2017/",
 }
+# Words in a folder's name that say which dataset it may hold, and how to tell that it does.
+HINTS = {"flowers": ("flower", "102"), "birds": ("cub", "bird"), "coco": ("coco",)}
+IS_COPY = {"flowers": is_flowers_copy, "birds": lambda p: find_cub_root(p) is not None, "coco": is_coco_copy}
+LOADERS = {"flowers": load_flowers, "birds": load_birds, "coco": load_coco}
 
 
 def find_local_copy(name: str, data_dir=None) -> Path | None:
-    """A folder holding a local copy of flowers or birds: `data_dir` itself or a folder in it
+    """A folder holding a local copy of flowers, birds or COCO: `data_dir` itself or a folder in it
     whose name mentions the dataset; without data_dir, $MINIDIFF_DATA_DIR and ./data are searched."""
     if data_dir is not None:
         places = [Path(data_dir)]
     else:
         places = [Path(p) for p in (os.environ.get(DATA_DIR_VARIABLE), "data") if p]
-    hints = ("flower", "102") if name == "flowers" else ("cub", "bird")
-    is_copy = is_flowers_copy if name == "flowers" else (lambda p: find_cub_root(p) is not None)
+    hints, is_copy = HINTS[name], IS_COPY[name]
     for place in places:
         if not place.is_dir():
             continue
@@ -69,11 +75,12 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, num_imag
 
     root = find_local_copy(name, data_dir)
     if root is not None:
-        load = load_flowers if name == "flowers" else load_birds
-        build = lambda: load(root, split, image_size)  # noqa: E731
+        build = lambda: LOADERS[name](root, split, image_size)  # noqa: E731
         return cached(build, dataset=name, split=split, image_size=image_size, root=root, cache_dir=cache_dir) if use_cache else build()
     looked = f"in {data_dir}" if data_dir is not None else f"in ${DATA_DIR_VARIABLE} and ./data"
     try:
+        if name == "coco":
+            return load_coco_tfds(tfds_builder(name, download=download), split, image_size)
         return load_tfds(name, split, image_size, download=download)
     except DatasetNotFound as error:
         raise DatasetNotFound(

@@ -22,8 +22,9 @@ from minidiff.datasets.files import Skipped, captions_for, square_image
 from minidiff.datasets.flowers import class_captions
 from minidiff.datasets.splits import NUM_TEST_CLASSES, seeded_test_classes, select
 
-TFDS_NAMES = {"flowers": "oxford_flowers102", "birds": "caltech_birds2011"}
-TFDS_SPLITS = {"flowers": {"train": "train", "val": "validation", "test": "test"}, "birds": {"train": "train", "test": "test"}}
+TFDS_NAMES = {"flowers": "oxford_flowers102", "birds": "caltech_birds2011", "coco": "coco_captions"}
+TFDS_SPLITS = {"flowers": {"train": "train", "val": "validation", "test": "test"}, "birds": {"train": "train", "test": "test"},
+               "coco": {"train": "train", "val": "val"}}
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -48,7 +49,7 @@ def _readable(builder, split: str) -> bool:
 
 
 def tfds_builder(name: str, data_dir=None, download: bool = False):
-    """The prepared tfds builder of `name` ("flowers" or "birds"), or DatasetNotFound at once."""
+    """The prepared tfds builder of `name` ("flowers", "birds" or "coco"), or DatasetNotFound at once."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
@@ -56,7 +57,11 @@ def tfds_builder(name: str, data_dir=None, download: bool = False):
             f"tensorflow-datasets is not installed, so {name} can only be read from local files "
             f'(--data-dir); or pip install "minidiff[tfds]"'
         ) from error
-    builder = tfds.builder(TFDS_NAMES[name], data_dir=data_dir, file_format="array_record")
+    try:
+        builder = tfds.builder(TFDS_NAMES[name], data_dir=data_dir, file_format="array_record")
+    except ImportError as error:  # some builders (coco_captions) import TensorFlow to be defined at all
+        raise DatasetNotFound(f"tensorflow-datasets' {TFDS_NAMES[name]} needs {error.name or 'TensorFlow'}, which is "
+                              "not installed") from error
     if _readable(builder, TFDS_SPLITS[name]["train"]):
         return builder
     where = f"tensorflow-datasets ({builder.data_dir})"

@@ -3,12 +3,14 @@
     held-out (image, caption) pairs --captions--> generator --> generated images
                   |                                               |
                   +-- real images, labels ---> judge / Inception <+--> FD, KID, IS, adherence
+                  +-- their captions ---------> caption judge <---+--> R-precision, similarity
 
 The captions come from images the generator never trained on (the embedded
 set's test split, the eval split of flowers and birds), so the real images
 are the reference the generated ones are compared with, and their labels say
-what each caption asked for. The judge is `judge.py`'s network; with the
-FID Inception weights, FID, KID and IS are computed too.
+what each caption asked for. The judge is `judge.py`'s network, the caption
+judge `caption_judge.py`'s; with the FID Inception weights, FID, KID and IS are
+computed too.
 
 Sample size matters: Fréchet distances shrink as N grows (they are biased),
 so only figures computed with the same N and the same feature network are
@@ -23,6 +25,9 @@ import numpy as np
 from minidiff.corruption import to_model_range, to_uint8
 from minidiff.datasets import TOY, load_dataset, toy_dataset
 from minidiff.datasets.base import CaptionedImages
+from minidiff.evaluation.caption_judge import (CAPTION_JUDGE_TRAINING, TrainedCaptionJudge,
+                                               caption_metrics, load_caption_judge, save_caption_judge,
+                                               train_caption_judge)
 from minidiff.evaluation.inception import inception_outputs
 from minidiff.evaluation.judge import (JUDGE_TRAINING, Judge, features_and_predictions, label_agreement, load_judge,
                                       save_judge, train_judge)
@@ -58,20 +63,37 @@ def judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_di
     beside the generator's checkpoint, trained (`train_judge`, for `steps`, JUDGE_STEPS unless
     given) and saved there if missing: on every image of flowers or birds outside the evaluation set
     (`JUDGE_SPLIT`), on the embedded set's train split."""
+    def trained(training_set, steps):
+        return train_judge(training_set, dataclasses.replace(JUDGE_TRAINING, steps=steps), progress=progress)
+    return _kept_beside(checkpoint, "judge", dataset_name, image_size, path, data_dir, steps, trained, load_judge,
+                        save_judge)
+
+
+def caption_judge_for(checkpoint, dataset_name: str, image_size: int, path=None, data_dir=None,
+                      progress: bool = True, steps: int | None = None) -> TrainedCaptionJudge:
+    """The caption judge of a generator's images, found or trained as `judge_for` does the judge's."""
+    def trained(training_set, steps):
+        return train_caption_judge(training_set, dataclasses.replace(CAPTION_JUDGE_TRAINING, steps=steps),
+                                   progress=progress)
+    return _kept_beside(checkpoint, "caption-judge", dataset_name, image_size, path, data_dir, steps, trained,
+                        load_caption_judge, save_caption_judge)
+
+
+def _kept_beside(checkpoint, kind: str, dataset_name: str, image_size: int, path, data_dir, steps, trained, load,
+                 save):
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"no judge at {path}; leave the judge path out to train one")
-        return load_judge(path)
+            raise FileNotFoundError(f"no {kind.replace('-', ' ')} at {path}; leave its path out to train one")
+        return load(path)
     split = "train" if dataset_name in TOY else JUDGE_SPLIT
-    path = Path(checkpoint).parent / f"judge-{dataset_name}-{split}-{image_size}px.npz"
+    path = Path(checkpoint).parent / f"{kind}-{dataset_name}-{split}-{image_size}px.npz"
     if path.is_file():
-        print(f"judge: {path}")
-        return load_judge(path)
+        print(f"{kind.replace('-', ' ')}: {path}")
+        return load(path)
     training_set = load_dataset(dataset_name, split, image_size=image_size, data_dir=data_dir)
-    print(f"training a judge on {len(training_set)} images of {training_set.name} (once; kept at {path})")
-    steps = steps or JUDGE_STEPS["embedded" if dataset_name in TOY else "real"]
-    judge = train_judge(training_set, dataclasses.replace(JUDGE_TRAINING, steps=steps), progress=progress)
-    save_judge(judge, path)
+    print(f"training a {kind.replace('-', ' ')} on {len(training_set)} images of {training_set.name} (once; kept at {path})")
+    judge = trained(training_set, steps or JUDGE_STEPS["embedded" if dataset_name in TOY else "real"])
+    save(judge, path)
     return judge
 
 
@@ -118,8 +140,11 @@ def inception_metrics(inception, generated, real_images, batch_size: int = 50, r
 
 
 def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, num_samples: int = 256,
-             inception=None, progress: bool = True, **sampling) -> tuple[dict, np.ndarray]:
+             caption_judge: TrainedCaptionJudge | None = None, inception=None, progress: bool = True,
+             **sampling) -> tuple[dict, np.ndarray]:
     """Generate num_samples images from the first caption of each reference image; (metrics, uint8 images).
+    With a caption judge, also R-precision and caption similarity (the reference must hold at least
+    DISTRACTORS + 1 images: the captions each is ranked among).
 
     `sampling`: `Generator.sample`'s settings (sampler, sampling_steps, guidance, seed, ...)."""
     if num_samples > len(reference):
@@ -132,6 +157,8 @@ def evaluate(generator: Generator, reference: CaptionedImages, judge: Judge, *, 
     metrics = {"sampler": settings.sampler, "sampling_steps": settings.sampling_steps, "nfe": settings.network_calls,
                "guidance": settings.guidance, "num_samples": num_samples, "reference": reference.name}
     metrics |= judge_metrics(judge, images, reference)
+    if caption_judge is not None:
+        metrics |= caption_metrics(caption_judge, images, reference)
     if inception is not None:
         metrics |= inception_metrics(inception, images, reference.images[:num_samples])
     return metrics, images

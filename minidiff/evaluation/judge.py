@@ -53,19 +53,17 @@ class JudgeConfig:
                    widths=tuple(d["widths"]), groups=d["groups"])
 
 
-class Judge(nnx.Module):
-    """images (B, H, W, 3) in [-1, 1] -> (features (B, widths[-1]), logits of every head (B, sum of classes))."""
+class ImageFeatures(nnx.Module):
+    """images (B, H, W, 3) in [-1, 1] -> features (B, widths[-1]): a small residual convolutional network,
+    pooled. The judge's eyes, and the caption judge's (`caption_judge.py`)."""
 
-    def __init__(self, config: JudgeConfig, *, rngs: nnx.Rngs):
-        self.config = config
-        widths = config.widths
+    def __init__(self, widths: tuple[int, ...], groups: int, *, rngs: nnx.Rngs):
         # A 2 x 2 stride-2 stem: the network starts at half resolution, a quarter of the cost.
         self.stem = nnx.Conv(3, widths[0], (2, 2), strides=2, rngs=rngs)
         self.convs = nnx.List([nnx.Conv(w, w, (3, 3), rngs=rngs) for w in widths])
-        self.norms = nnx.List([nnx.GroupNorm(w, num_groups=config.groups, rngs=rngs) for w in widths])
+        self.norms = nnx.List([nnx.GroupNorm(w, num_groups=groups, rngs=rngs) for w in widths])
         # A stride-2 convolution between resolutions: halves the size, changes the width.
         self.downs = nnx.List([nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs) for a, b in zip(widths, widths[1:])])
-        self.head = nnx.Linear(widths[-1], sum(k for _, k in config.heads), rngs=rngs)
 
     def __call__(self, images):
         x = self.stem(images)  # (B, H / 2, W / 2, widths[0])
@@ -73,7 +71,19 @@ class Judge(nnx.Module):
             x = x + jax.nn.silu(norm(conv(x)))  # (B, H / 2^(i+1), W / 2^(i+1), widths[i])
             if i < len(self.downs):
                 x = jax.nn.silu(self.downs[i](x))
-        features = x.mean(axis=(1, 2))  # (B, widths[-1])
+        return x.mean(axis=(1, 2))  # (B, widths[-1])
+
+
+class Judge(nnx.Module):
+    """images (B, H, W, 3) in [-1, 1] -> (features (B, widths[-1]), logits of every head (B, sum of classes))."""
+
+    def __init__(self, config: JudgeConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.features = ImageFeatures(config.widths, config.groups, rngs=rngs)
+        self.head = nnx.Linear(config.widths[-1], sum(k for _, k in config.heads), rngs=rngs)
+
+    def __call__(self, images):
+        features = self.features(images)
         return features, self.head(features)
 
 
@@ -105,17 +115,21 @@ def shifted(images, key, max_shift: int):
     return jax.vmap(crop)(padded, corners)
 
 
-def _training_loss(model: Judge, batch, constants, key, dtype):
-    """The classification loss on images shifted by a few pixels and grained with noise of random strength
-    (up to noise_std): a judge must not take where a flower sits, or a briefly trained generator's grain,
-    for what it is."""
-    images, labels = batch
-    (noise_std,) = constants
+def augmented(images, key, noise_std: float):
+    """Images (B, H, W, 3) shifted by a few pixels and grained with noise of random strength (up to
+    noise_std): a judge must not take where a flower sits, or a briefly trained generator's grain, for
+    what it is."""
     noise_key, scale_key, shift_key = jax.random.split(key, 3)
     images = shifted(images, shift_key, max(1, images.shape[1] // 16))
     strength = jax.random.uniform(scale_key, (images.shape[0], 1, 1, 1)) * noise_std
-    images = images + strength * jax.random.normal(noise_key, images.shape)
-    return classification_loss(model, images.astype(dtype), labels), {}
+    return images + strength * jax.random.normal(noise_key, images.shape)
+
+
+def _training_loss(model: Judge, batch, constants, key, dtype):
+    """The classification loss on augmented images (`augmented`)."""
+    images, labels = batch
+    (noise_std,) = constants
+    return classification_loss(model, augmented(images, key, noise_std).astype(dtype), labels), {}
 
 
 class JudgeTraining(Task):
