@@ -15,8 +15,8 @@ the 19 GB of images: the error says where to put them
 Splits: `train` is the release's train set; `val`, `test` and `eval` its
 val set (COCO's test captions are not public; `eval` is a fixed 1,000 of
 val), `all_but_eval` every other image, `all` both. COCO has no classes, so
-there is no class judge for it (the caption judge needs none) and no
-class-disjoint split. Images are cropped to their centred square.
+no class judge can be trained on it (the caption judge needs none) and it
+has no class-disjoint split. Images are cropped to their centred square.
 """
 
 import dataclasses
