@@ -102,11 +102,11 @@ def captions_to_show(dataset: CaptionedImages, tokenizer: Tokenizer, preferred, 
 
 
 # The datasets with an eval split: images set aside, with their captions (`minidiff.datasets.splits`).
-WITH_EVAL_SPLIT = ("flowers", "birds")
+WITH_EVAL_SPLIT = ("flowers", "birds", "coco")
 
 
 def held_out_to_show(recipe: Recipe, data_dir=None, count: int = 4) -> tuple[list[str], np.ndarray]:
-    """For flowers and birds: captions of a few held-out images (the eval split, one per class), and those
+    """For flowers, birds and COCO: captions of a few held-out images (the eval split, one per class), and those
     images, for a training run's grids to draw beside them."""
     held_out = reference_set(recipe.data.dataset, recipe.data.image_size, data_dir=data_dir)
     shown = images_to_show(held_out, count)

@@ -81,17 +81,20 @@ def caption_judge_for(checkpoint, dataset_name: str, image_size: int, path=None,
 
 def _kept_beside(checkpoint, kind: str, dataset_name: str, image_size: int, path, data_dir, steps, trained, load,
                  save):
+    """A judge of `kind` ("judge", "caption-judge"): loaded from `path`, else from its file beside the
+    checkpoint, else `trained(training_set, steps)` and saved there with `save`."""
+    name = kind.replace("-", " ")
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"no {kind.replace('-', ' ')} at {path}; leave its path out to train one")
+            raise FileNotFoundError(f"no {name} at {path}; leave its path out to train one")
         return load(path)
     split = "train" if dataset_name in TOY else JUDGE_SPLIT
     path = Path(checkpoint).parent / f"{kind}-{dataset_name}-{split}-{image_size}px.npz"
     if path.is_file():
-        print(f"{kind.replace('-', ' ')}: {path}")
+        print(f"{name}: {path}")
         return load(path)
     training_set = load_dataset(dataset_name, split, image_size=image_size, data_dir=data_dir)
-    print(f"training a {kind.replace('-', ' ')} on {len(training_set)} images of {training_set.name} (once; kept at {path})")
+    print(f"training a {name} on {len(training_set)} images of {training_set.name} (once; kept at {path})")
     judge = trained(training_set, steps or JUDGE_STEPS["embedded" if dataset_name in TOY else "real"])
     save(judge, path)
     return judge
